@@ -1,0 +1,144 @@
+"""The model stage alone: RunInference with streamsift's handler against raw scoring.
+
+For each batch size ``b`` the same feature rows (the model-input vectors
+:class:`~streamsift.models.keylogic.KeyLogic` computes for the benchmark stream,
+tiled to ``max(model_rows, 16 * b)`` rows) are scored three ways:
+
+* ``runinference``: a batch (not streaming) Beam pipeline on the DirectRunner,
+  ``Create(rows) | RunInference(StreamsiftModelHandler(min = max = b))``; timed
+  from construction to finish, the model already loaded in the process (the
+  handler keeps one live model per process, so the load is not repeated);
+* ``handler``: :meth:`StreamsiftModelHandler.run_inference` called directly on
+  slices of ``b`` rows (stacking, raw scores, calibration; no Beam);
+* ``decision_function``: the artifact's estimator ``decision_function`` on the
+  same slices (the raw model cost).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import BenchSpec, read_payloads
+
+__all__ = ["feature_rows", "measure_model_stage"]
+
+
+def feature_rows(spec: BenchSpec, payloads: Sequence[bytes]) -> tuple[tuple[str, ...], np.ndarray]:
+    """Model-input rows of the stream's valid events, computed like the pipeline does.
+
+    >>> from streamsift.synthetic import generate
+    >>> from benchmarks.common import bench_config
+    >>> spec = BenchSpec(events=200, keys=2, features=2)
+    >>> s = generate(bench_config(spec, "m").synthetic, bench_config(spec, "m").input)
+    >>> names, X = feature_rows(spec, s.payloads)
+    >>> X.shape == (s.n_valid, len(names))
+    True
+    """
+    from streamsift.config import FeatureConfig, InputConfig, PrefilterConfig
+    from streamsift.models.keylogic import KeyLogic, compute_features
+    from streamsift.parsing import EventParser
+    from streamsift.records import Event
+
+    parser = EventParser(InputConfig(feature_fields=spec.fields))
+    events = [e for e in (parser.parse(p) for p in payloads) if isinstance(e, Event)]
+    logic = KeyLogic(spec.fields, FeatureConfig(), PrefilterConfig())
+    _rows, X, _s1 = compute_features(logic, [(e.key, e.ts, e.values) for e in events])
+    return logic.feature_names, X
+
+
+def _check_sizes(batch_sizes: Sequence[int], model_rows: int) -> None:
+    if not batch_sizes:
+        raise ValueError("batch_sizes must be non-empty; got []")
+    for b in batch_sizes:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"batch_sizes must hold integers >= 1; got {b!r}")
+    if isinstance(model_rows, bool) or not isinstance(model_rows, int) or model_rows < 1:
+        raise ValueError(f"model_rows must be an integer >= 1; got {model_rows!r}")
+
+
+def _runinference_pipeline(handler: Any, rows: list[np.ndarray]) -> tuple[int, float]:
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.ml.inference.base import RunInference
+
+    from benchmarks.beam_fns import NAMESPACE, CountElements
+    from streamsift.pipeline.options import make_runner
+
+    t0 = time.perf_counter()
+    p = beam.Pipeline(runner=make_runner("DirectRunner"))
+    (
+        p
+        | "Rows" >> beam.Create(rows, reshuffle=False)
+        | "RunInference" >> RunInference(handler)
+        | "Count" >> beam.ParDo(CountElements("rows_out"))
+    )
+    result = p.run()
+    result.wait_until_finish()
+    wall = time.perf_counter() - t0
+    out = 0
+    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        if c.key.metric.name == "rows_out":
+            out += int(c.committed if c.committed is not None else c.attempted or 0)
+    return out, wall
+
+
+def measure_model_stage(
+    spec: BenchSpec,
+    payloads_path: str,
+    model_path: str,
+    batch_sizes: Sequence[int] = (1, 16, 256),
+    model_rows: int = 1024,
+) -> dict[str, Any]:
+    """Rows/s of RunInference, the handler and raw ``decision_function`` per batch size.
+
+    Returns ``{"rows_available", "model_load_s", "detector", "batches": [...]}``
+    with one entry per batch size: ``rows``, ``rows_out`` (what RunInference
+    emitted), and ``*_rows_per_s`` / ``*_us_per_row`` for each method.
+    """
+    from streamsift.models.artifact import load_artifact
+    from streamsift.transforms.inference import StreamsiftModelHandler
+
+    _check_sizes(batch_sizes, model_rows)
+    names, X = feature_rows(spec, read_payloads(payloads_path))
+    if len(X) == 0:
+        raise ValueError("the stream must have valid events to build feature rows; got none")
+    t0 = time.perf_counter()
+    loaded = load_artifact(model_path, expected_feature_names=names)
+    load_s = time.perf_counter() - t0
+    estimator = loaded.model
+    batches = []
+    for b in batch_sizes:
+        n = max(model_rows, 16 * b)
+        Xb = np.ascontiguousarray(np.resize(X, (n, X.shape[1])))
+        entry: dict[str, Any] = {"batch_size": b, "rows": n}
+        t0 = time.perf_counter()
+        for i in range(0, n, b):
+            estimator.decision_function(Xb[i : i + b])
+        entry["decision_function_s"] = time.perf_counter() - t0
+
+        handler = StreamsiftModelHandler(model_path, names, min_batch_size=b, max_batch_size=b)
+        live = handler.load_model()
+        rows = list(Xb)
+        t0 = time.perf_counter()
+        for i in range(0, n, b):
+            handler.run_inference(rows[i : i + b], live)
+        entry["handler_s"] = time.perf_counter() - t0
+
+        entry["rows_out"], entry["runinference_s"] = _runinference_pipeline(handler, rows)
+        for m in ("runinference", "handler", "decision_function"):
+            s = entry[f"{m}_s"]
+            entry[f"{m}_rows_per_s"] = n / s if s > 0 else 0.0
+            entry[f"{m}_us_per_row"] = 1e6 * s / n
+        batches.append(entry)
+    return {
+        "rows_available": int(len(X)),
+        "model_features": len(names),
+        "model_load_s": load_s,
+        "detector": loaded.metadata.get("detector", ""),
+        "n_estimators": loaded.metadata.get("n_estimators"),
+        "batches": batches,
+    }

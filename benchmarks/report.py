@@ -1,0 +1,576 @@
+"""Rendering: the console table, the ratios and ``RESULTS.md``.
+
+Everything here reads the results dict the harness builds (see
+:func:`benchmarks.harness.run_benchmark`); nothing is measured here.
+
+>>> fmt_rate(1234.5), fmt_ratio(0.4567), fmt_ratio(None)
+('1,234', '0.46x', 'n/a')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from benchmarks.contenders import CONTENDERS
+
+__all__ = [
+    "NOT_MEASURED",
+    "SECTIONS",
+    "console_summary",
+    "fmt_rate",
+    "fmt_ratio",
+    "ratios",
+    "render_markdown",
+]
+
+#: section headings of RESULTS.md, in order
+SECTIONS = (
+    "## Setup",
+    "## Contenders",
+    "## Ratios",
+    "## State per key",
+    "## Model stage alone",
+    "## Profile: where the time goes",
+    "## Not measured yet",
+)
+
+#: (what, why) - parts of the issue this harness does not measure
+NOT_MEASURED = (
+    (
+        "End-to-end latency at a fixed offered load (events in per second held "
+        "constant, latency percentiles from ingest to alert)",
+        "needs a real broker feeding the pipeline at a controlled rate (Kafka); the "
+        "replay source here delivers as fast as the runner pulls, so it measures "
+        "throughput, not latency under load",
+    ),
+    (
+        "Prism and Flink runners (and Dataflow)",
+        "need the Prism binary / Flink job server and expansion service running; "
+        "this harness runs in-process on the DirectRunner (BundleBasedDirectRunner, "
+        "one executor thread) only",
+    ),
+    (
+        "Beam ZScore over all feature fields (an EnsembleAnomalyDetector of one ZScore per field)",
+        "ZScore is univariate; its ensemble aggregates through a GroupByKey in the "
+        "global window, which on a streaming runner only fires at the end of the "
+        "stream, so it is not a like-for-like streaming contender",
+    ),
+    (
+        "Throughput with more than one worker thread or process",
+        "the DirectRunner executes bundles on a single executor thread; scaling "
+        "belongs with the Prism/Flink runs",
+    ),
+)
+
+
+def fmt_rate(x: float | None) -> str:
+    """Events (or rows) per second, thousands separated.
+
+    >>> fmt_rate(None), fmt_rate(12.3)
+    ('n/a', '12')
+    """
+    return "n/a" if x is None else f"{x:,.0f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    """A ratio with two decimals and an ``x``.
+
+    >>> fmt_ratio(2.0)
+    '2.00x'
+    """
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def _mb(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:,.0f}"
+
+
+def _ok(c: Mapping[str, Any] | None) -> bool:
+    return bool(c) and "error" not in c
+
+
+def ratios(contenders: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``full`` against each other contender that ran: throughput (events/s),
+    wall time and peak RSS ratios (full / other).
+
+    >>> r = ratios({"full": {"events_per_s": 500.0, "wall_s": 4.0, "peak_rss_mb": 300.0},
+    ...             "floor": {"events_per_s": 2000.0, "wall_s": 1.0, "peak_rss_mb": 200.0}})
+    >>> r[0]["pair"], r[0]["throughput"], r[0]["wall"], r[0]["peak_rss"]
+    ('full / floor', 0.25, 4.0, 1.5)
+    """
+    full = contenders.get("full")
+    out: list[dict[str, Any]] = []
+    if not _ok(full):
+        return out
+    for name in ("beam_zscore", "floor", "reference"):
+        other = contenders.get(name)
+        if not _ok(other):
+            continue
+
+        def div(a: float, b: float) -> float | None:
+            return a / b if b else None
+
+        out.append(
+            {
+                "pair": f"full / {name}",
+                "other": name,
+                "throughput": div(full["events_per_s"], other["events_per_s"]),
+                "wall": div(full["wall_s"], other["wall_s"]),
+                "peak_rss": div(full["peak_rss_mb"], other["peak_rss_mb"]),
+            }
+        )
+    return out
+
+
+def _contender_rows(res: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, c in res["contenders"].items():
+        label = CONTENDERS[name][0]
+        if not _ok(c):
+            rows.append([f"{label} (`{name}`)", "failed: " + str(c.get("error", ""))[:80]])
+            continue
+        rows.append(
+            [
+                f"{label} (`{name}`)",
+                f"{c['events_in']:,}",
+                f"{c['valid']:,}",
+                f"{c['alerts']:,}",
+                f"{c['wall_s']:.1f}",
+                fmt_rate(c["events_per_s"]),
+                _mb(c["peak_rss_mb"]),
+                _mb(c["rss_start_mb"]),
+            ]
+        )
+    return rows
+
+
+_CONTENDER_HEAD = [
+    "contender",
+    "events in",
+    "valid events",
+    "alerts",
+    "wall s",
+    "events/s",
+    "peak RSS MiB",
+    "RSS at start MiB",
+]
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    for r in rows:
+        cells = r + [""] * (len(head) - len(r))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def console_summary(res: Mapping[str, Any]) -> str:
+    """The contender table and the ratios as plain text (what the command prints)."""
+    rows = [r + [""] * (len(_CONTENDER_HEAD) - len(r)) for r in _contender_rows(res)]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(_CONTENDER_HEAD)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [_CONTENDER_HEAD, *rows]
+    ]
+    lines.append("")
+    for r in res.get("ratios", []):
+        lines.append(
+            f"{r['pair']}: throughput {fmt_ratio(r['throughput'])}, wall time "
+            f"{fmt_ratio(r['wall'])}, peak RSS {fmt_ratio(r['peak_rss'])}"
+        )
+    cons = res.get("consistency", {})
+    lines.append(
+        "same events for every contender: "
+        + ("yes" if cons.get("ok") else "NO - " + "; ".join(cons.get("problems", [])))
+    )
+    return "\n".join(lines)
+
+
+def _setup_section(res: Mapping[str, Any]) -> list[str]:
+    m, v, spec, stream = res["machine"], res["versions"], res["spec"], res["stream"]
+    setup = res.get("setup", {})
+    load = ", ".join(str(x) for x in m.get("load_avg", ())) or "n/a"
+    lines = [
+        "## Setup",
+        "",
+        f"* command: `{res['command']}`",
+        f"* invoked as: `{res['invoked_as']}`",
+        f"* date: {res['date']}",
+        f"* machine: {m['nproc']} CPUs (nproc), {m['cpu_model']}, "
+        f"{m['mem_total_gib']} GiB memory, {m['kernel']}; load average at start {load} "
+        "(the machine may be shared: compare ratios, not absolute numbers)",
+        f"* Python {v['python']}, apache-beam {v['apache-beam']}, scikit-learn "
+        f"{v['scikit-learn']}, pyod {v['pyod']}, numpy {v['numpy']}, pyinstrument "
+        f"{v['pyinstrument']}",
+        f"* stream: `streamsift.synthetic.generate`, seed {spec['seed']}, "
+        f"{spec['events']:,} events, {spec['keys']} keys, {spec['features']} feature fields "
+        f"({', '.join(res['fields'])}); {stream['valid']:,} valid ({stream['late']} of them "
+        f"far too late), {stream['malformed']} malformed, {stream['incidents']} injected "
+        f"incidents; payload sha256 `{stream['sha256'][:16]}...`",
+        "* fields beyond the generator's four channels (cpu, latency_ms, requests, errors) "
+        "re-use a channel by position (field j -> channel j mod 4) with their own per-key "
+        "scale and noise",
+        f"* models: streamsift's artifact and the reference Isolation Forest are trained on "
+        f"{spec['history_hours']:g} h of synthetic history (same keys, seed + 1) with "
+        "streamsift's default model config (100 trees, contamination 0.01, seed 42); "
+        f"generating {setup.get('generate_s', 0):.1f} s, streamsift training "
+        f"{setup.get('model_s', 0):.1f} s, reference training {setup.get('reference_s', 0):.1f} s "
+        "(done once in a setup process, not part of any contender's time)",
+        "* every measurement runs in a fresh child process (`python -m benchmarks.harness "
+        '--child TASK`), one after another; "peak RSS" is the child\'s own high-water mark '
+        "(`VmHWM`; its `ru_maxrss` is in the JSON: on Linux `ru_maxrss` also covers the "
+        "spawning process's peak, which is why the parent stays small - "
+        f'{res.get("parent_peak_rss_mb", 0):.0f} MiB here); "RSS at start" is the child\'s '
+        "RSS after imports and reading the payloads, just before the run",
+        "* wall time: pipeline construction (the replay source reads every payload's "
+        "time) + run until the stream is exhausted; events/s = events in / wall time",
+        "",
+    ]
+    return lines
+
+
+def _contender_section(res: Mapping[str, Any]) -> list[str]:
+    lines = ["## Contenders", ""]
+    lines += _table(_CONTENDER_HEAD, _contender_rows(res))
+    lines.append("")
+    for name in res["contenders"]:
+        label, what = CONTENDERS[name]
+        lines.append(f"* `{name}` - {label}: {what}.")
+    lines.append("")
+    lines.append(
+        '"alerts": `full` = new alerts emitted after dedup and the rate limit (updates '
+        "of an open alert not counted); `beam_zscore` = results labelled outlier by "
+        "ZScore's FixedThreshold(3); `reference` = rows with decision_function < 0; "
+        "`floor` = elements out."
+    )
+    lines.append("")
+    full = res["contenders"].get("full")
+    if _ok(full):
+        d = full["details"]
+        sev = d.get("alerts_by_severity", {})
+        lines.append(
+            f"`full` detail: processed {d['processed']:,}, dead-lettered "
+            f"{d['dead_lettered']:,}, late {d['late']:,}, stage 1 escalated "
+            f"{d['escalated']:,}, stage 2 scored {d['stage2_scored']:,}, flagged "
+            f"{d['flagged']:,}, alerts opened {d['alerts_opened']:,} (rate-limited "
+            f"{d['alerts_suppressed']:,}, severity upgrades {d['alerts_upgraded']:,}); new "
+            f"alerts by severity: critical {sev.get('critical', 0)}, warning "
+            f"{sev.get('warning', 0)}, info {sev.get('info', 0)}; run_stream's own timer "
+            f"(run only) {d['run_s']:.1f} s."
+        )
+    ref = res["contenders"].get("reference")
+    if _ok(ref):
+        d = ref["details"]
+        lines.append(
+            f"`reference` detail: {d['us_per_decision_function']:,.0f} us per one-row "
+            f"decision_function, {100 * d['decision_function_share']:.0f}% of its wall time."
+        )
+    z = res["contenders"].get("beam_zscore")
+    if _ok(z):
+        d = z["details"]
+        lines.append(
+            f"`beam_zscore` detail: scores field `{d['scored_feature']}` only (ZScore is "
+            f"univariate); {d['unscored_warmup']:,} results unscored while its windows warm up."
+        )
+    cons = res.get("consistency", {})
+    lines.append("")
+    lines.append(
+        "Consistency: "
+        + (
+            "every contender read the same payloads (sha256) and counted the same number "
+            "of events in."
+            if cons.get("ok")
+            else "PROBLEMS - " + "; ".join(cons.get("problems", []))
+        )
+    )
+    lines.append("")
+    return lines
+
+
+def _ratio_section(res: Mapping[str, Any]) -> list[str]:
+    lines = ["## Ratios", ""]
+    rs = res.get("ratios", [])
+    if not rs:
+        return lines + ["Not available: `full` or its comparison contenders did not run.", ""]
+    lines += _table(
+        ["pair", "throughput (events/s)", "wall time", "peak RSS"],
+        [
+            [
+                f"`{r['pair']}`",
+                fmt_ratio(r["throughput"]),
+                fmt_ratio(r["wall"]),
+                fmt_ratio(r["peak_rss"]),
+            ]
+            for r in rs
+        ],
+    )
+    lines.append("")
+    lines.append(
+        "Throughput below 1x means the full pipeline processes fewer events per second "
+        "than the other contender; wall time and RSS above 1x mean it takes longer / "
+        "holds more memory."
+    )
+    lines.append("")
+    return lines
+
+
+def _state_section(res: Mapping[str, Any]) -> list[str]:
+    lines = ["## State per key", ""]
+    st = res.get("state")
+    if not st:
+        return lines + ["Not measured in this run (`--key-counts` empty).", ""]
+    b = st.get("breakdown", {})
+    if b:
+        lines.append(
+            f"Encoded state cells per key ({b['fields']} fields x {b['horizons']} horizons, "
+            f"{b['model_features']} model features):"
+        )
+        lines.append("")
+        lines += _table(
+            ["cell", "bytes"],
+            [
+                ["DetectPerKey: KeyLogic state (`KeyLogic.encode_state`)", str(b["keylogic"])],
+                ["DetectPerKey: Meta (ordering/timer bookkeeping)", str(b["meta"])],
+                ["AlertPerKey: AlertState, empty sketch", str(b["alert_empty"])],
+                ["AlertPerKey: AlertState, all 192 sketch bins used (max)", str(b["alert_max"])],
+                ["AlertPerKey: order chain", str(b["alert_chain"])],
+                ["**total per key (min - max)**", f"**{b['total_min']:,} - {b['total_max']:,}**"],
+                [
+                    "for comparison: Beam ZScore detector per key, cloudpickled after 1000 values",
+                    str(b.get("beam_zscore_1000", b.get("beam_zscore_error", "n/a"))),
+                ],
+            ],
+        )
+        lines.append("")
+        lines.append(
+            "Not counted: events waiting in the DetectPerKey buffer (event-time ordering "
+            "holds each event until the watermark passes it + allowed lateness) and "
+            "escalated events waiting in the AlertPerKey order buffer; both are bounded "
+            "by the event rate x allowed lateness, not by the number of keys."
+        )
+        lines.append("")
+    scaling = st.get("scaling", [])
+    if scaling:
+        lines.append(
+            "Process RSS with many keys - mode **direct**: events fed to the per-key logic "
+            "(`KeyLogic.step` + `AlertLogic.step`, decode/step/encode per event as the DoFns "
+            "do, round-robin over keys), every key's encoded cells kept in a dict as an "
+            "in-memory state backend would; no runner. Each count in a fresh process:"
+        )
+        lines.append("")
+        rows = []
+        for s in scaling:
+            if "error" in s:
+                rows.append([f"{s.get('n_keys', '?'):,}", "failed: " + s["error"][:80]])
+                continue
+            rows.append(
+                [
+                    f"{s['n_keys']:,}",
+                    f"{s['events']:,}",
+                    f"{s['state_bytes_per_key']:,.0f}",
+                    f"{s['rss_before_mb']:,.0f}",
+                    f"{s['rss_after_mb']:,.0f}",
+                    f"{s['rss_per_key_bytes']:,.0f}",
+                    f"{s['peak_rss_mb']:,.0f}",
+                    f"{s['us_per_event']:,.0f}",
+                ]
+            )
+        lines += _table(
+            [
+                "keys",
+                "events fed",
+                "encoded state B/key",
+                "RSS before MiB",
+                "RSS after MiB",
+                "RSS growth B/key",
+                "peak RSS MiB",
+                "us/event (logic)",
+            ],
+            rows,
+        )
+        lines.append("")
+        lines.append(
+            "RSS growth per key = encoded bytes + Python object overhead (bytes objects, "
+            "tuple, dict entry, key string); a runner's per-key bookkeeping (state tables, "
+            "timers) comes on top."
+        )
+        lines.append("")
+    return lines
+
+
+def _model_section(res: Mapping[str, Any]) -> list[str]:
+    lines = ["## Model stage alone", ""]
+    ms = res.get("model_stage")
+    if not ms:
+        return lines + ["Not measured in this run (`--batch-sizes` empty).", ""]
+    if "error" in ms:
+        return lines + [f"Failed: {ms['error']}", ""]
+    lines.append(
+        f"streamsift's artifact ({ms['detector']}, {ms['n_estimators']} trees, "
+        f"{ms['model_features']} model features; load + verify {ms['model_load_s']:.2f} s, "
+        f"not included below) scoring the stream's own feature rows "
+        f"({ms['rows_available']:,} available, tiled to the row count shown). "
+        "`RunInference`: a batch pipeline `Create | RunInference(StreamsiftModelHandler("
+        "min_batch_size = max_batch_size = b))` on the DirectRunner, timed from construction "
+        "to finish; `handler`: `StreamsiftModelHandler.run_inference` called directly "
+        "(stack + score + calibrate); `decision_function`: the estimator alone."
+    )
+    lines.append("")
+    rows = []
+    for e in ms["batches"]:
+        ratio = (
+            e["decision_function_rows_per_s"] / e["runinference_rows_per_s"]
+            if e["runinference_rows_per_s"]
+            else None
+        )
+        rows.append(
+            [
+                str(e["batch_size"]),
+                f"{e['rows']:,} ({e['rows_out']:,} out)",
+                fmt_rate(e["runinference_rows_per_s"]),
+                fmt_rate(e["handler_rows_per_s"]),
+                fmt_rate(e["decision_function_rows_per_s"]),
+                f"{e['runinference_us_per_row']:,.0f} / {e['decision_function_us_per_row']:,.0f}",
+                fmt_ratio(ratio),
+            ]
+        )
+    lines += _table(
+        [
+            "batch size",
+            "rows",
+            "RunInference rows/s",
+            "handler rows/s",
+            "decision_function rows/s",
+            "us/row RunInference / raw",
+            "raw / RunInference",
+        ],
+        rows,
+    )
+    lines.append("")
+    return lines
+
+
+def _pct(x: float, total: float) -> str:
+    return f"{100.0 * x / total:.1f}%" if total else "n/a"
+
+
+def _profile_section(res: Mapping[str, Any]) -> list[str]:
+    lines = ["## Profile: where the time goes", ""]
+    pr = res.get("profile")
+    if not pr:
+        return lines + ["Not profiled in this run (`--profile-events 0`).", ""]
+    if "skipped" in pr:
+        return lines + [f"Skipped: {pr['skipped']}", ""]
+    if "error" in pr:
+        return lines + [f"Failed: {pr['error']}", ""]
+    w = pr["worker"]
+    total = w["total_s"]
+    full = pr["full"]
+    lines.append(
+        f"pyinstrument {pr['pyinstrument']} (1 ms sampling) on the `full` contender, "
+        f"{pr['events']:,} events of the same stream settings: profiled wall time "
+        f"{full['wall_s']:.1f} s ({fmt_rate(full['events_per_s'])} events/s under the "
+        f"profiler). The runner executes every bundle on {pr['worker_threads']} executor "
+        f"worker thread(s); their samples cover {total:.1f} s. Main thread "
+        f"({pr['main']['total']:.1f} s): "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in pr["main"].items() if k != "total" and v > 0)
+        + "."
+    )
+    lines.append("")
+    ranked = sorted(w["stages"].items(), key=lambda kv: -kv[1])
+    top = [f"{k} {_pct(v, total)}" for k, v in ranked if v > 0][:3]
+    lines.append(
+        "**Summary (generated from the samples):** the largest shares of the worker "
+        f"thread are {', '.join(top)}. By layer: "
+        + ", ".join(
+            f"{k} {_pct(v, total)}"
+            for k, v in sorted(w["layers"].items(), key=lambda kv: -kv[1])
+            if v > 0
+        )
+        + "."
+    )
+    lines.append("")
+    lines.append(
+        'By stage (outermost stage frame on the stack; "runner" = no stage frame: '
+        "bundle scheduling, watermarks, coders, windowing between stages). Columns split "
+        "each stage by the layer of the innermost frame:"
+    )
+    lines.append("")
+    layer_names = list(w["layers"])
+    short = ["logic", "glue", "numpy/sklearn/pyod", "Beam", "stdlib"]
+    rows = []
+    for stage, secs in w["stages"].items():
+        if secs <= 0:
+            continue
+        split = w["stage_layers"].get(stage, {})
+        rows.append(
+            [stage, f"{secs:.1f}", _pct(secs, total)]
+            + [_pct(split.get(layer, 0.0), total) for layer in layer_names]
+        )
+    lines += _table(["stage", "s", "share"] + [f"{s}" for s in short], rows)
+    lines.append("")
+    lines.append(
+        "Layers: logic = streamsift/models + parsing.py (pure python); glue = "
+        "streamsift/transforms + pipeline (the DoFns); Beam = apache_beam (state, timers, "
+        "coders, metrics, runner); stdlib = Python standard library and builtins."
+    )
+    lines.append("")
+    lines.append("Top frames by self time (worker thread):")
+    lines.append("")
+    lines += _table(
+        ["frame", "self s", "share"],
+        [
+            [f"`{t['frame']}`", f"{t['seconds']:.2f}", _pct(t["seconds"], total)]
+            for t in w["top_self"]
+        ],
+    )
+    lines.append("")
+    lines.append("Top streamsift frames by inclusive time (worker thread):")
+    lines.append("")
+    lines += _table(
+        ["frame", "inclusive s", "share"],
+        [
+            [f"`{t['frame']}`", f"{t['seconds']:.2f}", _pct(t["seconds"], total)]
+            for t in w["top_streamsift_inclusive"]
+        ],
+    )
+    lines.append("")
+    lines.append("<details><summary>pyinstrument call tree (worker thread, truncated)</summary>")
+    lines.append("")
+    lines.append("```")
+    lines.append(pr["tree"])
+    if pr.get("tree_truncated"):
+        lines.append("... (truncated)")
+    lines.append("```")
+    lines.append("")
+    lines.append("</details>")
+    lines.append("")
+    return lines
+
+
+def _not_measured_section() -> list[str]:
+    lines = ["## Not measured yet", ""]
+    for what, why in NOT_MEASURED:
+        lines.append(f"* **{what}**: {why}.")
+    lines.append("")
+    return lines
+
+
+def render_markdown(res: Mapping[str, Any]) -> str:
+    """The whole ``RESULTS.md``."""
+    lines = [
+        "# streamsift benchmark results",
+        "",
+        "Generated by `streamsift bench` (benchmarks/harness.py); the file is rewritten "
+        "on every run.",
+        "",
+    ]
+    lines += _setup_section(res)
+    lines += _contender_section(res)
+    lines += _ratio_section(res)
+    lines += _state_section(res)
+    lines += _model_section(res)
+    lines += _profile_section(res)
+    lines += _not_measured_section()
+    return "\n".join(lines).rstrip() + "\n"
