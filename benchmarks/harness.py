@@ -307,7 +307,12 @@ def _child_main(task_path: str) -> int:
 # --------------------------------------------------------------------------- parent
 
 
-def _consistency(contenders: dict[str, dict[str, Any]], n_payloads: int, digest: str) -> dict:
+def _consistency(contenders: dict[str, dict[str, Any]], stream: dict[str, Any]) -> dict:
+    """Check that every contender read the same payloads and counted them all:
+    same sha256, ``events_in`` = payloads, and the valid events each one saw
+    (``full``: processed + late) = the stream's valid events (``floor`` passes
+    every payload through, so its count is the payloads)."""
+    n, digest = stream["payloads"], stream["sha256"]
     problems = []
     for name, c in contenders.items():
         if "error" in c:
@@ -315,9 +320,12 @@ def _consistency(contenders: dict[str, dict[str, Any]], n_payloads: int, digest:
             continue
         if c["payload_sha256"] != digest:
             problems.append(f"{name} read different payloads (sha256 {c['payload_sha256'][:12]})")
-        if c["events_in"] != n_payloads:
-            problems.append(f"{name} counted {c['events_in']} events in, expected {n_payloads}")
-    return {"ok": not problems, "problems": problems, "events_in": n_payloads}
+        if c["events_in"] != n:
+            problems.append(f"{name} counted {c['events_in']} events in, expected {n}")
+        expected = n if name == "floor" else stream["valid"]
+        if c["valid"] != expected:
+            problems.append(f"{name} saw {c['valid']} valid events, expected {expected}")
+    return {"ok": not problems, "problems": problems, "events_in": n, "valid": stream["valid"]}
 
 
 def _generate(spec: BenchSpec, path: str) -> dict[str, Any]:
@@ -419,6 +427,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work_dir, ignore_errors=True)
     res["ratios"] = ratios(res["contenders"])
     res["parent_peak_rss_mb"] = peak_rss_mb()
+    res["load_avg_end"] = machine_info()["load_avg"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_markdown(res), encoding="utf-8")
@@ -485,7 +494,7 @@ def _run_all(
                 f"({r['events_per_s']:,.0f}/s), alerts {r['alerts']:,}, "
                 f"peak RSS {r['peak_rss_mb']:.0f} MiB"
             )
-    res["consistency"] = _consistency(res["contenders"], stream["payloads"], stream["sha256"])
+    res["consistency"] = _consistency(res["contenders"], stream)
 
     if key_counts:
         state: dict[str, Any] = {"breakdown": setup.get("state_breakdown", {}), "scaling": []}

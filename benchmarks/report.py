@@ -191,6 +191,7 @@ def _setup_section(res: Mapping[str, Any]) -> list[str]:
     m, v, spec, stream = res["machine"], res["versions"], res["spec"], res["stream"]
     setup = res.get("setup", {})
     load = ", ".join(str(x) for x in m.get("load_avg", ())) or "n/a"
+    load_end = ", ".join(str(x) for x in res.get("load_avg_end", ())) or "n/a"
     lines = [
         "## Setup",
         "",
@@ -198,7 +199,8 @@ def _setup_section(res: Mapping[str, Any]) -> list[str]:
         f"* invoked as: `{res['invoked_as']}`",
         f"* date: {res['date']}",
         f"* machine: {m['nproc']} CPUs (nproc), {m['cpu_model']}, "
-        f"{m['mem_total_gib']} GiB memory, {m['kernel']}; load average at start {load} "
+        f"{m['mem_total_gib']} GiB memory, {m['kernel']}; load average (1, 5, 15 min) at "
+        f"start {load}, at the end {load_end} "
         "(the machine may be shared: compare ratios, not absolute numbers)",
         f"* Python {v['python']}, apache-beam {v['apache-beam']}, scikit-learn "
         f"{v['scikit-learn']}, pyod {v['pyod']}, numpy {v['numpy']}, pyinstrument "
@@ -278,8 +280,9 @@ def _contender_section(res: Mapping[str, Any]) -> list[str]:
     lines.append(
         "Consistency: "
         + (
-            "every contender read the same payloads (sha256) and counted the same number "
-            "of events in."
+            f"every contender read the same payloads (sha256), counted all {cons['events_in']:,} "
+            f"of them in and saw the stream's {cons['valid']:,} valid events (`floor`: every "
+            "payload passes through)."
             if cons.get("ok")
             else "PROBLEMS - " + "; ".join(cons.get("problems", []))
         )
@@ -410,44 +413,59 @@ def _model_section(res: Mapping[str, Any]) -> list[str]:
         f"streamsift's artifact ({ms['detector']}, {ms['n_estimators']} trees, "
         f"{ms['model_features']} model features; load + verify {ms['model_load_s']:.2f} s, "
         f"not included below) scoring the stream's own feature rows "
-        f"({ms['rows_available']:,} available, tiled to the row count shown). "
-        "`RunInference`: a batch pipeline `Create | RunInference(StreamsiftModelHandler("
-        "min_batch_size = max_batch_size = b))` on the DirectRunner, timed from construction "
-        "to finish; `handler`: `StreamsiftModelHandler.run_inference` called directly "
-        "(stack + score + calibrate); `decision_function`: the estimator alone."
+        f"({ms['rows_available']:,} available, tiled to the row count shown), the same rows "
+        "for each method. `RunInference`: a batch pipeline `Create | RunInference("
+        "StreamsiftModelHandler(min_batch_size = max_batch_size = b)) | Count` on the "
+        "DirectRunner minus the same pipeline without RunInference (`Create | Count`: runner "
+        "start-up, Create, counting), i.e. RunInference's own cost per row (BatchElements, "
+        "its DoFn, the handler, the model); `handler`: `StreamsiftModelHandler.run_inference` "
+        "called directly (stack + score + calibrate); `decision_function`: the estimator alone."
     )
     lines.append("")
     rows = []
     for e in ms["batches"]:
-        ratio = (
-            e["decision_function_rows_per_s"] / e["runinference_rows_per_s"]
-            if e["runinference_rows_per_s"]
-            else None
-        )
         rows.append(
             [
                 str(e["batch_size"]),
                 f"{e['rows']:,} ({e['rows_out']:,} out)",
+                f"{e['pipeline_s']:.2f} / {e['baseline_s']:.2f}",
+                f"{e['runinference_us_per_row']:,.0f}",
+                f"{e['handler_us_per_row']:,.0f}",
+                f"{e['decision_function_us_per_row']:,.0f}",
                 fmt_rate(e["runinference_rows_per_s"]),
-                fmt_rate(e["handler_rows_per_s"]),
                 fmt_rate(e["decision_function_rows_per_s"]),
-                f"{e['runinference_us_per_row']:,.0f} / {e['decision_function_us_per_row']:,.0f}",
-                fmt_ratio(ratio),
+                fmt_ratio(
+                    e["runinference_us_per_row"] / e["decision_function_us_per_row"]
+                    if e["decision_function_us_per_row"]
+                    else None
+                ),
             ]
         )
     lines += _table(
         [
             "batch size",
             "rows",
+            "pipeline s with / without RunInference",
+            "RunInference us/row",
+            "handler us/row",
+            "decision_function us/row",
             "RunInference rows/s",
-            "handler rows/s",
             "decision_function rows/s",
-            "us/row RunInference / raw",
-            "raw / RunInference",
+            "RunInference / raw cost",
         ],
         rows,
     )
     lines.append("")
+    b1 = next((e for e in ms["batches"] if e["batch_size"] == 1), None)
+    bmax = max(ms["batches"], key=lambda e: e["batch_size"])
+    if b1 is not None and bmax is not b1:
+        lines.append(
+            f"Batching: one row at a time costs {b1['decision_function_us_per_row']:,.0f} us/row "
+            f"raw; batches of {bmax['batch_size']} cost "
+            f"{bmax['decision_function_us_per_row']:,.0f} us/row raw and "
+            f"{bmax['runinference_us_per_row']:,.0f} us/row through RunInference."
+        )
+        lines.append("")
     return lines
 
 

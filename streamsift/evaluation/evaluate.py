@@ -46,7 +46,8 @@ Outputs under ``--out`` (default ``streamsift-out/evaluate``)::
     <detector>/<subdir>/<detector>_<file>.csv   scores, one per input file
     <detector>/summary.json                     everything printed, as JSON
     <detector>/runs/<file>/                     the pipeline's own JSONL outputs
-    model/<columns>/                            the model artifact per column set
+    model/<columns>/                            model artifacts per column set (streamsift;
+                                                trained on the synthetic history if none)
 """
 
 from __future__ import annotations
@@ -84,14 +85,17 @@ __all__ = [
     "DETECTORS",
     "Detection",
     "Series",
+    "StageScores",
     "add_arguments",
     "event_score",
     "evaluate",
     "format_report",
+    "input_config_for",
     "main",
     "read_series",
     "replay_stage_scores",
     "series_payloads",
+    "write_scores_csv",
     "zscore_to_unit",
 ]
 
@@ -311,7 +315,12 @@ def zscore_to_unit(z: float | None) -> float:
 @dataclass(frozen=True)
 class StageScores:
     """Replayed stage scores per row (input order): ``stage1`` (NaN for rows the
-    pipeline dead-letters) and ``stage2`` (-1 where not escalated)."""
+    pipeline dead-letters) and ``stage2`` (-1 where not escalated), with the
+    counts to compare against the pipeline's ``processed`` / ``escalated`` counters.
+
+    >>> StageScores((0.5, 4.0), (-1.0, 0.9), processed=2, escalated=1).stage2
+    (-1.0, 0.9)
+    """
 
     stage1: tuple[float, ...]
     stage2: tuple[float, ...]
@@ -363,7 +372,11 @@ def replay_stage_scores(series: Series, cfg: Config, model: Any) -> StageScores:
 @dataclass(frozen=True)
 class Detection:
     """A detector's output for one series: one score and one alert flag per row
-    (input order), plus run information."""
+    (input order), plus run information.
+
+    >>> Detection((0.1, 0.9), (False, True), {"alerts": 1}).alerts
+    (False, True)
+    """
 
     scores: tuple[float, ...]
     alerts: tuple[bool, ...]
@@ -405,14 +418,15 @@ def _detect_streamsift(
     stage2 = list(replay.stage2)
     mismatched = 0
     for f in res.flagged:
-        rows = [i for i in by_ms.get(_ms(float(f["ts"])), []) if stage2[i] >= 0.0]
-        match = next((i for i in rows if abs(stage2[i] - float(f["score"])) <= 1e-9), None)
+        score = float(f["score"])
+        rows = by_ms.get(_ms(float(f["ts"])), [])
+        escalated = [i for i in rows if stage2[i] >= 0.0]
+        match = next((i for i in escalated if abs(stage2[i] - score) <= 1e-9), None)
         if match is None:
             mismatched += 1
-            if rows:  # the pipeline's own value wins
-                stage2[rows[0]] = float(f["score"])
-        else:
-            stage2[match] = float(f["score"])
+            match = escalated[0] if escalated else (rows[0] if rows else None)
+        if match is not None:  # the pipeline's own value wins
+            stage2[match] = score
     checks = {
         "processed": [res.counter("processed"), replay.processed],
         "escalated": [res.counter("escalated"), replay.escalated],
@@ -547,7 +561,17 @@ def _scores_csv_path(out_dir: str, detector: str, name: str) -> str:
 
 def write_scores_csv(path: str, series: Series, detection: Detection) -> None:
     """``timestamp,<value columns>,anomaly_score,alert``, one row per input row
-    (scores written exactly, so scoring the file again gives the same result)."""
+    (scores written exactly, so scoring the file again gives the same result).
+
+    >>> import tempfile
+    >>> s = Series("a.csv", "timestamp", ("value",), ("2014-01-01 00:00:00",), (1388534400.0,),
+    ...            ((2.5,),), (("2.50",),))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     write_scores_csv(os.path.join(d, "o.csv"), s, Detection((0.25,), (True,)))
+    ...     print(open(os.path.join(d, "o.csv")).read(), end="")
+    timestamp,value,anomaly_score,alert
+    2014-01-01 00:00:00,2.50,0.25,1
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
@@ -603,6 +627,11 @@ def evaluate(
     ``model_dir`` (streamsift only): where the model artifact for each column set
     is reused or trained (:func:`~streamsift.pipeline.run.ensure_model`); default
     ``<out_dir>/model/<columns>``. ``progress`` receives one line per file.
+
+    >>> evaluate(".", "labels.json", "out", detector="prophet")
+    Traceback (most recent call last):
+    ...
+    ValueError: detector must be one of ['streamsift', 'beam-zscore']; got 'prophet'
     """
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {list(DETECTORS)}; got {detector!r}")
@@ -806,7 +835,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``streamsift evaluate``; print per-file lines and the report; 0 on success."""
+    """Run ``streamsift evaluate``; print per-file lines and the report; 0 on
+    success, 2 on bad input (the reason goes to stderr).
+
+    >>> main(argparse.Namespace(data="/nonexistent", labels="labels.json", out="o",
+    ...                         detector="streamsift"))
+    2
+    """
     try:
         cfg = load_config(getattr(args, "config", None))
     except ConfigError as exc:

@@ -133,8 +133,12 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
 def _cmd_run(args: argparse.Namespace, cfg: Config, beam_args: list[str]) -> int:
     from streamsift.pipeline.console import console
-    from streamsift.pipeline.run import ensure_model, format_summary, run_stream
-    from streamsift.pipeline.run import train_from_payloads as _train  # noqa: F401
+    from streamsift.pipeline.run import (
+        ensure_model,
+        format_summary,
+        run_stream,
+        train_on_synthetic_history,
+    )
 
     if args.quiet:
         console.enabled = False
@@ -154,17 +158,7 @@ def _cmd_run(args: argparse.Namespace, cfg: Config, beam_args: list[str]) -> int
         stream = synthetic.generate(cfg.synthetic, cfg.input)
         payloads = stream.payloads
     if args.retrain:
-        from streamsift import synthetic as _syn
-        from streamsift.pipeline.run import SYNTHETIC_START_TS
-
-        history = _syn.history(
-            cfg.synthetic,
-            cfg.input,
-            hours=cfg.model.history_hours,
-            start_ts=SYNTHETIC_START_TS,
-            seed=cfg.synthetic.seed + 1,
-        )
-        model_path = _train(history, cfg, cfg.model.dir)
+        model_path = train_on_synthetic_history(cfg)
     else:
         model_path = ensure_model(cfg)
     console.line(

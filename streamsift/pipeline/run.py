@@ -37,6 +37,7 @@ from streamsift.transforms.source import ReplayStream
 __all__ = [
     "RunResult",
     "ensure_model",
+    "train_on_synthetic_history",
     "train_from_payloads",
     "run_stream",
     "read_jsonl",
@@ -82,6 +83,21 @@ def train_from_payloads(payloads: Iterable[bytes], cfg: Config, model_dir: str) 
     return save_artifact(model, model_dir)
 
 
+def train_on_synthetic_history(cfg: Config, model_dir: str | None = None) -> str:
+    """Train a new artifact on ``model.history_hours`` of clean synthetic history
+    that ends where the synthetic stream starts."""
+    from streamsift import synthetic
+
+    history = synthetic.history(
+        cfg.synthetic,
+        cfg.input,
+        hours=cfg.model.history_hours,
+        start_ts=SYNTHETIC_START_TS,
+        seed=cfg.synthetic.seed + 1,
+    )
+    return train_from_payloads(history, cfg, model_dir or cfg.model.dir)
+
+
 def ensure_model(cfg: Config, model_dir: str | None = None) -> str:
     """Reuse the newest valid artifact for this feature schema, or train one on
     a synthetic history."""
@@ -94,16 +110,7 @@ def ensure_model(cfg: Config, model_dir: str | None = None) -> str:
             return path
         except ArtifactError as exc:
             _LOG.warning("not reusing %s: %s; training a new model", path, exc)
-    from streamsift import synthetic
-
-    history = synthetic.history(
-        cfg.synthetic,
-        cfg.input,
-        hours=cfg.model.history_hours,
-        start_ts=SYNTHETIC_START_TS,
-        seed=cfg.synthetic.seed + 1,
-    )
-    return train_from_payloads(history, cfg, model_dir)
+    return train_on_synthetic_history(cfg, model_dir)
 
 
 @dataclass
