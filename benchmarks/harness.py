@@ -209,6 +209,15 @@ def build_command(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _invoked_as() -> str:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("benchmarks", "harness.py")):
+        argv[0:1] = ["python", "-m", "benchmarks.harness"]
+    elif argv:
+        argv[0] = os.path.basename(argv[0])
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def _say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -412,7 +421,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     os.makedirs(work_dir, exist_ok=True)
     res: dict[str, Any] = {
         "command": build_command(args),
-        "invoked_as": " ".join(shlex.quote(a) for a in sys.argv),
+        "invoked_as": _invoked_as(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "versions": software_versions(),

@@ -473,6 +473,47 @@ def _pct(x: float, total: float) -> str:
     return f"{100.0 * x / total:.1f}%" if total else "n/a"
 
 
+def _profile_summary(w: Mapping[str, Any]) -> list[str]:
+    """Bullet points naming the biggest stages, their dominant layers and the top frames.
+
+    >>> w = {"total_s": 10.0,
+    ...      "stages": {"DetectPerKey": 6.0, "runner (between stages)": 4.0},
+    ...      "layers": {"Beam (runner, coders, state, metrics)": 7.0,
+    ...                 "streamsift logic (models/, parsing.py)": 3.0},
+    ...      "stage_layers": {"DetectPerKey": {"Beam (runner, coders, state, metrics)": 3.0,
+    ...                                        "streamsift logic (models/, parsing.py)": 3.0},
+    ...                       "runner (between stages)": {
+    ...                           "Beam (runner, coders, state, metrics)": 4.0}},
+    ...      "top_self": [{"frame": "f (a.py:1)", "seconds": 2.0, "share": 0.2}]}
+    >>> print("\\n".join(_profile_summary(w)))
+    * DetectPerKey: 60.0% of the worker thread (of which Beam (runner, coders, state, metrics) 30.0%, streamsift logic (models/, parsing.py) 30.0%)
+    * runner (between stages): 40.0% of the worker thread (of which Beam (runner, coders, state, metrics) 40.0%)
+    * by layer: Beam (runner, coders, state, metrics) 70.0%, streamsift logic (models/, parsing.py) 30.0%
+    * hottest frames (self time): `f (a.py:1)` 20.0%
+    """
+    total = w["total_s"]
+    out = []
+    for stage, secs in sorted(w["stages"].items(), key=lambda kv: -kv[1])[:3]:
+        if secs <= 0:
+            continue
+        split = sorted(w["stage_layers"].get(stage, {}).items(), key=lambda kv: -kv[1])
+        parts = ", ".join(f"{k} {_pct(v, total)}" for k, v in split[:2] if v > 0)
+        out.append(f"* {stage}: {_pct(secs, total)} of the worker thread (of which {parts})")
+    out.append(
+        "* by layer: "
+        + ", ".join(
+            f"{k} {_pct(v, total)}"
+            for k, v in sorted(w["layers"].items(), key=lambda kv: -kv[1])
+            if v > 0
+        )
+    )
+    out.append(
+        "* hottest frames (self time): "
+        + ", ".join(f"`{t['frame']}` {_pct(t['seconds'], total)}" for t in w["top_self"][:5])
+    )
+    return out
+
+
 def _profile_section(res: Mapping[str, Any]) -> list[str]:
     lines = ["## Profile: where the time goes", ""]
     pr = res.get("profile")
@@ -496,18 +537,9 @@ def _profile_section(res: Mapping[str, Any]) -> list[str]:
         + "."
     )
     lines.append("")
-    ranked = sorted(w["stages"].items(), key=lambda kv: -kv[1])
-    top = [f"{k} {_pct(v, total)}" for k, v in ranked if v > 0][:3]
-    lines.append(
-        "**Summary (generated from the samples):** the largest shares of the worker "
-        f"thread are {', '.join(top)}. By layer: "
-        + ", ".join(
-            f"{k} {_pct(v, total)}"
-            for k, v in sorted(w["layers"].items(), key=lambda kv: -kv[1])
-            if v > 0
-        )
-        + "."
-    )
+    lines.append("**Summary (generated from the samples):**")
+    lines.append("")
+    lines += _profile_summary(w)
     lines.append("")
     lines.append(
         'By stage (outermost stage frame on the stack; "runner" = no stage frame: '

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["Event", "DeadLetter", "LateEvent", "Scored", "Reason"]
+__all__ = [
+    "Event",
+    "DeadLetter",
+    "LateEvent",
+    "Scored",
+    "Reason",
+    "key_expired_marker",
+    "is_key_expired_marker",
+]
 
 
 class Event(NamedTuple):
@@ -73,3 +81,20 @@ class Scored(NamedTuple):
     #: state was created); lets the alert stage restore per-key event-time
     #: order whatever the runner did to the order in between
     seq: int = 0
+
+
+def key_expired_marker(key: str, ts: float, seq: int) -> Scored:
+    """The per-key stage's notice that ``key``'s state expired after ``seq``
+    escalated events: the alert stage clears the key's state when it reaches
+    this point of the key's sequence (so both stages forget a key together).
+
+    >>> m = key_expired_marker("k", 10.0, 3)
+    >>> is_key_expired_marker(m), m.seq
+    (True, 3)
+    """
+    return Scored(Event(key, ts, ()), (), 0.0, (), False, -1.0, "", seq)
+
+
+def is_key_expired_marker(s: Scored) -> bool:
+    """True for :func:`key_expired_marker` records (never escalated, never scored)."""
+    return not s.escalated

@@ -28,14 +28,14 @@ from benchmarks.report import SECTIONS
 
 pytestmark = pytest.mark.slow
 
-EVENTS = 240
+EVENTS = 200
 KEYS = 3
 FEATURES = 8
 SEED = 5
-KEY_COUNT = 150
+KEY_COUNT = 120
 EVENTS_PER_KEY = 2
 BATCH_SIZES = (1, 4)
-PROFILE_EVENTS = 200
+PROFILE_EVENTS = 150
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

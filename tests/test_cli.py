@@ -68,7 +68,9 @@ def test_run_prints_alerts_and_a_reconciled_summary(tmp_path, capsys, monkeypatc
         assert any(a["key"] in line and a["severity"].upper() in line for line in out.splitlines())
     # the model was trained on first use and is reused afterwards
     assert os.path.exists("streamsift-out/model/v0001/model.joblib")
-    assert main(["run", "--events", "500", "--keys", "5", "--quiet"]) == 0
+    # pipeline options after `--` carry the same flags (StreamsiftOptions)
+    assert main(["run", "--events", "500", "--keys", "5", "--quiet", "--", "--out_dir=second"]) == 0
+    assert os.path.isdir("second")
     assert not os.path.exists("streamsift-out/model/v0002")
 
 

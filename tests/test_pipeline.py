@@ -85,6 +85,11 @@ def test_counters_reconcile_and_every_output_accounted(trained, tmp_path):
     with open(res.paths.late) as fh:
         assert sum(1 for _ in fh) == stream.n_late
     assert c["escalated"] < c["processed"] * 0.5
+    # the alert stage saw every escalated event in sequence and forgot each key
+    # together with the per-key stage (at the end of the stream all keys expire)
+    assert c["stage2_scored"] == c["escalated"]
+    assert c.get("alert_order_gaps", 0) == 0
+    assert 0 < c["alert_keys_expired"] <= c["keys_expired"] == c["keys_created"]
     assert res.alerts, "the injected anomalies must raise alerts"
     for a in res.alerts:
         for field in (
@@ -209,3 +214,42 @@ def test_idle_keys_expire_at_ttl(tmp_path):
     assert c["processed"] == 2 * n
     assert c["keys_created"] == 2 * n
     assert c["keys_expired"] == 2 * n
+
+
+def test_key_expiring_mid_stream_restarts_both_stages_in_step(trained, tmp_path):
+    """A key idle for longer than the TTL is forgotten by the per-key stage and,
+    through its key-expired marker, by the alert stage at the same point of
+    its sequence; the key's second life is handled in order, with no gap."""
+    cfg, model_path = trained
+    cfg = dataclasses.replace(
+        cfg, event_time=dataclasses.replace(cfg.event_time, idle_ttl_s=1800.0)
+    )
+    t0 = 1_767_225_600.0
+    rng = random.Random(5)
+    payloads = []
+    for start in (t0, t0 + 4 * 3600.0):  # a 2.3 h silence between the two lives
+        for i in range(80):
+            spike = i in (50, 65)
+            values = {
+                "cpu": 400.0 if spike else 40.0 + rng.gauss(0, 2),
+                "latency_ms": 900.0 if spike else 80.0 + rng.gauss(0, 4),
+                "requests": 100.0 + rng.gauss(0, 5),
+                "errors": float(rng.random() < 0.05),
+            }
+            payloads.append(json.dumps({"key": "a", "ts": (start + 60.0 * i) * 1000, **values}))
+    res = run_stream(
+        [p.encode() for p in payloads],
+        cfg,
+        model_path,
+        str(tmp_path),
+        print_alerts=False,
+        show_progress=False,
+        chunk_size=20,
+    )
+    c = res.counters
+    assert c["processed"] == 160
+    assert c["keys_created"] == 2 and c["keys_expired"] == 2
+    assert c["escalated"] >= 4
+    assert c["stage2_scored"] == c["escalated"]
+    assert c["alert_keys_expired"] == 2
+    assert c.get("alert_order_gaps", 0) == 0

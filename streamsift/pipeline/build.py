@@ -85,7 +85,10 @@ def build_detection(
             model_dir=cfg.model.dir,
         )
     )
-    alerting = scored | "AlertPerKey" >> AlertPerKey(
+    # Key-expired markers join the scored records so the alert stage forgets a
+    # key exactly when the per-key stage does.
+    to_alert = (scored, detected["expired"]) | "WithKeyExpiry" >> beam.Flatten()
+    alerting = to_alert | "AlertPerKey" >> AlertPerKey(
         cfg.thresholds,
         cfg.alerts,
         feature_names,

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(run)
     run.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
     run.add_argument(
-        "--source", choices=["synthetic", "file"], default="synthetic", help="event source"
+        "--source", choices=["synthetic", "file"], default=None, help="event source (synthetic)"
     )
     run.add_argument("--path", help="JSONL file of events for --source file")
     run.add_argument("--out-dir", help="directory for alerts / dead letters / late (output.dir)")
@@ -222,6 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:
         args = _parser().parse_args(["run"])
+    if args.command == "run":
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        from streamsift.pipeline.options import merge_pipeline_flags
+
+        merged = merge_pipeline_flags(vars(args), PipelineOptions(beam_args))
+        args = argparse.Namespace(**merged)
+        args.source = args.source or "synthetic"
     # Beam logs through the root logger; keep its chatter out of the console
     # unless asked for, but keep streamsift's own warnings.
     logging.basicConfig(

@@ -7,7 +7,7 @@ import logging
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineRunner
 
-__all__ = ["StreamsiftOptions", "make_runner", "RUNNERS"]
+__all__ = ["StreamsiftOptions", "make_runner", "merge_pipeline_flags", "RUNNERS"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -15,7 +15,15 @@ RUNNERS = ("DirectRunner", "PrismRunner", "FlinkRunner", "DataflowRunner")
 
 
 class StreamsiftOptions(PipelineOptions):
-    """streamsift's own pipeline flags (declared so Beam does not drop them)."""
+    """streamsift's own pipeline flags (declared so Beam does not drop them).
+
+    They can be given as Beam pipeline options (after ``--`` on the command
+    line, or as template parameters); a CLI flag of the same meaning wins.
+
+    >>> o = PipelineOptions(["--streamsift_config=s.toml", "--out_dir=/tmp/o"])
+    >>> merge_pipeline_flags({"config": None, "out_dir": "x"}, o)
+    {'config': 's.toml', 'out_dir': 'x'}
+    """
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
@@ -24,13 +32,33 @@ class StreamsiftOptions(PipelineOptions):
         )
         parser.add_argument(
             "--source",
-            default="synthetic",
+            default=None,
             choices=["synthetic", "file"],
-            help="Where events come from.",
+            help="Where events come from (default synthetic).",
         )
         parser.add_argument("--path", default=None, help="Input JSONL file for --source file.")
         parser.add_argument("--model_dir", default=None, help="Model artifact directory.")
         parser.add_argument("--out_dir", default=None, help="Directory for JSONL outputs.")
+
+
+#: CLI argument name -> StreamsiftOptions attribute
+_PIPELINE_FLAGS = {
+    "config": "streamsift_config",
+    "source": "source",
+    "path": "path",
+    "model_dir": "model_dir",
+    "out_dir": "out_dir",
+}
+
+
+def merge_pipeline_flags(cli: dict, options: PipelineOptions) -> dict:
+    """Fill CLI values that were not given from the pipeline options."""
+    own = options.view_as(StreamsiftOptions)
+    out = dict(cli)
+    for cli_name, opt_name in _PIPELINE_FLAGS.items():
+        if cli_name in out and out[cli_name] is None:
+            out[cli_name] = getattr(own, opt_name)
+    return out
 
 
 def make_runner(name: str) -> PipelineRunner | str:

@@ -10,7 +10,6 @@ per event whose score crossed its key's threshold (for self-evaluation).
 from __future__ import annotations
 
 import json
-import math
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -26,11 +25,11 @@ from apache_beam.transforms.userstate import (
     on_timer,
 )
 from apache_beam.transforms.window import GlobalWindows, TimestampedValue
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from streamsift.config import AlertConfig, ThresholdConfig
 from streamsift.models.alerting import AlertLogic, AlertState, RateLimiter, RateLimitState
-from streamsift.records import Scored
+from streamsift.records import Scored, is_key_expired_marker
 from streamsift.transforms.coders import ScoredCoder
 
 __all__ = ["AlertPerKey", "RateLimitAlerts", "FLAGGED_TAG"]
@@ -43,45 +42,81 @@ def _scored_order(s: Scored) -> tuple:
     return (s.event.ts, s.event.values, s.event.label)
 
 
-_CHAIN = struct.Struct("<qqdd")
+_CHAIN = struct.Struct("<qq")
+#: records a key may hold back while waiting for a missing predecessor
+_MAX_WAITING = 256
+_END_OF_TIME = Timestamp(micros=MAX_TIMESTAMP.micros - 1_000_000)
 
 
 class _Chain:
-    """Per-key order bookkeeping: next expected ``Scored.seq``, buffered count,
-    expiry deadline and newest event time handled."""
+    """Per-key order bookkeeping: next expected ``Scored.seq`` and how many
+    records wait in the buffer."""
 
-    __slots__ = ("next_seq", "buffered", "expire_at", "last_ts")
+    __slots__ = ("next_seq", "buffered")
 
-    def __init__(self, next_seq=0, buffered=0, expire_at=-math.inf, last_ts=-math.inf):
+    def __init__(self, next_seq: int = 0, buffered: int = 0) -> None:
         self.next_seq = next_seq
         self.buffered = buffered
-        self.expire_at = expire_at
-        self.last_ts = last_ts
 
     def encode(self) -> bytes:
-        return _CHAIN.pack(self.next_seq, self.buffered, self.expire_at, self.last_ts)
+        return _CHAIN.pack(self.next_seq, self.buffered)
 
     @classmethod
     def decode(cls, raw: bytes | None) -> _Chain:
         return cls(*_CHAIN.unpack(raw)) if raw is not None else cls()
 
 
+def take_in_sequence(pool: list[Scored], next_seq: int) -> tuple[list[Scored], list[Scored], int]:
+    """Split ``pool`` into the records that continue the sequence from
+    ``next_seq`` (in order) and the rest; a key-expired marker restarts the
+    sequence at 0 (a new generation of the key).
+
+    >>> from streamsift.records import Event, key_expired_marker
+    >>> def s(n, ts):
+    ...     return Scored(Event("k", ts, (1.0,)), (1.0,), 4.0, (), True, 0.5, "v", n)
+    >>> ready, rest, nxt = take_in_sequence([s(2, 2.0), s(0, 0.0), s(3, 3.0)], 0)
+    >>> [r.seq for r in ready], [r.seq for r in rest], nxt
+    ([0], [2, 3], 1)
+    >>> pool = [s(1, 11.0), s(0, 0.0), key_expired_marker("k", 9.0, 1), s(0, 10.0)]
+    >>> ready, rest, nxt = take_in_sequence(pool, 0)
+    >>> [(r.seq, r.event.ts) for r in ready], rest, nxt
+    ([(0, 0.0), (1, 9.0), (0, 10.0), (1, 11.0)], [], 2)
+    """
+    ready: list[Scored] = []
+    # equal seq numbers of two generations of a key: the older one first
+    pool = sorted(pool, key=lambda x: (x.seq, _scored_order(x), x.escalated))
+    expected = next_seq
+    progress = True
+    while progress and pool:
+        progress = False
+        for i, x in enumerate(pool):
+            if x.seq == expected:
+                ready.append(pool.pop(i))
+                expected = 0 if is_key_expired_marker(x) else expected + 1
+                progress = True
+                break
+    return ready, pool, expected
+
+
 class AlertPerKeyFn(beam.DoFn):
     """(key, Scored) -> alert JSON | flagged tuples.
 
     Ordered mode restores each key's event-time order from ``Scored.seq`` (the
-    per-key stage numbers escalated events in event-time order): an element
-    whose predecessor has not arrived yet waits in a buffer. A gap that is
-    still open when the watermark passes the waiting element's timestamp plus
-    ``gap_grace_s`` (a lost element) is flushed in event-time order and counted
-    as ``alert_order_gaps``; nothing waits forever, nothing is dropped.
+    per-key stage numbers escalated events in event-time order): a record whose
+    predecessor has not arrived yet waits in a buffer. A key's state is cleared
+    when its key-expired marker (sent by the per-key stage when that stage
+    forgets the key) comes up in the sequence, so both stages forget a key
+    together. Records stamped by a timer that fired behind the watermark can
+    arrive in any order and any time later, so the wait is not bounded by the
+    watermark: if more than 256 records wait (a lost predecessor) or the stream
+    ends, they are handled in event-time order and counted as
+    ``alert_order_gaps``; nothing waits forever, nothing is dropped.
     """
 
     STATE = ReadModifyWriteStateSpec("alert", coders.BytesCoder())
     CHAIN = ReadModifyWriteStateSpec("chain", coders.BytesCoder())
     BUFFER = BagStateSpec("buffer", ScoredCoder())
     GAP = TimerSpec("gap", TimeDomain.WATERMARK)
-    EXPIRE = TimerSpec("expire", TimeDomain.WATERMARK)
 
     def __init__(
         self,
@@ -96,8 +131,6 @@ class AlertPerKeyFn(beam.DoFn):
         self._alerts = alerts
         self._names = tuple(feature_names)
         self._ordered = ordered
-        self._ttl = float(idle_ttl_s)
-        self._grace = max(float(idle_ttl_s), 3600.0)
         self._clock = clock
 
     def setup(self) -> None:
@@ -112,19 +145,30 @@ class AlertPerKeyFn(beam.DoFn):
             s: Metrics.counter(NAMESPACE, f"alerts_{s}") for s in ("info", "warning", "critical")
         }
 
-    def _handle(self, state: AlertState, items: Sequence[Scored], chain: _Chain):
+    def _handle(self, state_spec, items: Sequence[Scored]):
+        """Run the alert logic over ``items`` in order; returns the outputs and
+        whether the key ended (its state was cleared by an expiry marker)."""
         now = self._clock()
+        raw = state_spec.read()
+        state = AlertState.decode(raw) if raw is not None else self._logic.new_state()
+        out = []
+        ended = False
         for s in items:
+            if is_key_expired_marker(s):
+                state = self._logic.new_state()
+                self._expired.inc()
+                ended = True
+                continue
+            ended = False
             self._scored.inc()
             flagged = s.stage2 >= self._logic.threshold(state)
             alert = self._logic.step(state, s, now)
-            if s.event.ts > chain.last_ts:
-                chain.last_ts = s.event.ts
             if flagged:
                 self._flagged.inc()
-                yield pvalue.TaggedOutput(
-                    FLAGGED_TAG,
-                    (s.event.key, s.event.ts, s.stage2, s.event.label),
+                out.append(
+                    pvalue.TaggedOutput(
+                        FLAGGED_TAG, (s.event.key, s.event.ts, s.stage2, s.event.label)
+                    )
                 )
             if alert is not None:
                 if alert["update"]:
@@ -132,56 +176,60 @@ class AlertPerKeyFn(beam.DoFn):
                 else:
                     self._new.inc()
                     self._sev[alert["severity"]].inc()
-                yield TimestampedValue(json.dumps(alert, separators=(",", ":")), s.event.ts)
-
-    def _load(self, state_spec) -> AlertState:
-        raw = state_spec.read()
-        return AlertState.decode(raw) if raw is not None else self._logic.new_state()
-
-    def _arm_expiry(self, chain: _Chain, expire_timer) -> None:
-        if chain.last_ts > -math.inf and chain.expire_at < chain.last_ts + self._ttl / 2.0:
-            chain.expire_at = chain.last_ts + self._ttl
-            expire_timer.set(Timestamp(micros=int(round(chain.expire_at * 1e6))))
+                out.append(TimestampedValue(json.dumps(alert, separators=(",", ":")), s.event.ts))
+        if ended:
+            state_spec.clear()
+        else:
+            state_spec.write(state.encode())
+        return out, ended
 
     def process(
         self,
         element: tuple[str, Scored],
-        ts=beam.DoFn.TimestampParam,
         state_spec=beam.DoFn.StateParam(STATE),
         chain_spec=beam.DoFn.StateParam(CHAIN),
         buffer=beam.DoFn.StateParam(BUFFER),
         gap_timer=beam.DoFn.TimerParam(GAP),
-        expire_timer=beam.DoFn.TimerParam(EXPIRE),
     ):
         scored = element[1]
-        chain = _Chain.decode(chain_spec.read())
-        if self._ordered and scored.seq != 0 and scored.seq != chain.next_seq:
-            buffer.add(scored)
-            chain.buffered += 1
-            chain_spec.write(chain.encode())
-            gap_timer.set(Timestamp(micros=ts.micros + int(self._grace * 1e6)))
+        if not self._ordered:
+            if not is_key_expired_marker(scored):
+                out, _ = self._handle(state_spec, [scored])
+                yield from out
+            else:
+                state_spec.clear()
+                self._expired.inc()
             return
-        ready = [scored]
-        expected = scored.seq + 1
+        chain = _Chain.decode(chain_spec.read())
+        pool = [scored]
         if chain.buffered:
-            waiting = sorted(buffer.read(), key=lambda x: (x.seq, _scored_order(x)))
-            rest = []
-            for x in waiting:
-                if x.seq == expected:
-                    ready.append(x)
-                    expected += 1
-                else:
-                    rest.append(x)
+            pool.extend(buffer.read())
+        ready, rest, chain.next_seq = take_in_sequence(pool, chain.next_seq)
+        if chain.buffered or rest:
             buffer.clear()
             for x in rest:
                 buffer.add(x)
-            chain.buffered = len(rest)
-        chain.next_seq = expected
-        state = self._load(state_spec)
-        yield from self._handle(state, ready, chain)
-        state_spec.write(state.encode())
-        self._arm_expiry(chain, expire_timer)
-        chain_spec.write(chain.encode())
+        if len(rest) > _MAX_WAITING:
+            # a predecessor that never comes (a lost record): stop waiting
+            self._gaps.inc()
+            rest.sort(key=_scored_order)
+            ready.extend(rest)
+            last = rest[-1]
+            chain.next_seq = 0 if is_key_expired_marker(last) else last.seq + 1
+            buffer.clear()
+            rest = []
+        elif rest and not chain.buffered:
+            # flush whatever still waits when the stream ends
+            gap_timer.set(_END_OF_TIME)
+        chain.buffered = len(rest)
+        ended = False
+        if ready:
+            out, ended = self._handle(state_spec, ready)
+            yield from out
+        if ended and not rest:
+            chain_spec.clear()
+        else:
+            chain_spec.write(chain.encode())
 
     @on_timer(GAP)
     def on_gap(
@@ -189,39 +237,24 @@ class AlertPerKeyFn(beam.DoFn):
         state_spec=beam.DoFn.StateParam(STATE),
         chain_spec=beam.DoFn.StateParam(CHAIN),
         buffer=beam.DoFn.StateParam(BUFFER),
-        expire_timer=beam.DoFn.TimerParam(EXPIRE),
     ):
         chain = _Chain.decode(chain_spec.read())
         if not chain.buffered:
             return
-        items = sorted(buffer.read(), key=_scored_order)
+        ready, rest, chain.next_seq = take_in_sequence(list(buffer.read()), chain.next_seq)
         buffer.clear()
-        self._gaps.inc()
+        if rest:
+            self._gaps.inc()
+            rest.sort(key=_scored_order)
+            last = rest[-1]
+            chain.next_seq = 0 if is_key_expired_marker(last) else last.seq + 1
         chain.buffered = 0
-        chain.next_seq = max(x.seq for x in items) + 1
-        state = self._load(state_spec)
-        yield from self._handle(state, items, chain)
-        state_spec.write(state.encode())
-        self._arm_expiry(chain, expire_timer)
-        chain_spec.write(chain.encode())
-
-    @on_timer(EXPIRE)
-    def on_expire(
-        self,
-        fire_ts=beam.DoFn.TimestampParam,
-        state_spec=beam.DoFn.StateParam(STATE),
-        chain_spec=beam.DoFn.StateParam(CHAIN),
-        expire_timer=beam.DoFn.TimerParam(EXPIRE),
-    ):
-        chain = _Chain.decode(chain_spec.read())
-        if chain.buffered or chain.last_ts + self._ttl > fire_ts.micros / 1e6 + 1e-6:
-            chain.expire_at = -math.inf
-            self._arm_expiry(chain, expire_timer)
+        out, ended = self._handle(state_spec, ready + rest)
+        yield from out
+        if ended:
+            chain_spec.clear()
+        else:
             chain_spec.write(chain.encode())
-            return
-        state_spec.clear()
-        chain_spec.clear()
-        self._expired.inc()
 
 
 class AlertPerKey(beam.PTransform):

@@ -40,13 +40,14 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from streamsift.config import EventTimeConfig, FeatureConfig, PrefilterConfig
 from streamsift.models.keylogic import KeyLogic
-from streamsift.records import Event, LateEvent, Scored
+from streamsift.records import Event, LateEvent, Scored, key_expired_marker
 from streamsift.transforms.coders import EventCoder
 
-__all__ = ["DetectPerKey", "DetectPerKeyFn", "LATE_TAG", "Meta"]
+__all__ = ["DetectPerKey", "DetectPerKeyFn", "LATE_TAG", "EXPIRED_TAG", "Meta"]
 
 NAMESPACE = "streamsift"
 LATE_TAG = "late"
+EXPIRED_TAG = "expired"
 
 _INF = float("inf")
 _META = struct.Struct("<dddddq")
@@ -278,6 +279,7 @@ class DetectPerKeyFn(beam.DoFn):
     @on_timer(EXPIRE)
     def on_expire(
         self,
+        key=beam.DoFn.KeyParam,
         fire_ts=beam.DoFn.TimestampParam,
         meta_state=beam.DoFn.StateParam(META),
         logic_state=beam.DoFn.StateParam(LOGIC),
@@ -304,6 +306,12 @@ class DetectPerKeyFn(beam.DoFn):
         logic_state.clear()
         buffer.clear()
         self._expired.inc()
+        if meta.next_seq:
+            # the alert stage forgets the key at the same point of its sequence
+            yield pvalue.TaggedOutput(
+                EXPIRED_TAG,
+                TimestampedValue(key_expired_marker(key, fire_s, meta.next_seq), fire_ts),
+            )
 
 
 def _key_event(e: Event) -> tuple[str, Event]:
@@ -311,7 +319,8 @@ def _key_event(e: Event) -> tuple[str, Event]:
 
 
 class DetectPerKey(beam.PTransform):
-    """PCollection[Event] -> {"escalated": PCollection[Scored], "late": PCollection[LateEvent]}."""
+    """PCollection[Event] -> {"escalated": PCollection[Scored], "late": PCollection[LateEvent],
+    "expired": key-expired markers (Scored, see :func:`streamsift.records.key_expired_marker`)}."""
 
     def __init__(
         self,
@@ -326,6 +335,10 @@ class DetectPerKey(beam.PTransform):
     def expand(self, events):
         keyed = events | "KeyByKey" >> beam.Map(_key_event).with_output_types(tuple[str, Event])
         res = keyed | "Stateful" >> beam.ParDo(self._fn).with_output_types(Scored).with_outputs(
-            LATE_TAG, main="escalated"
+            LATE_TAG, EXPIRED_TAG, main="escalated"
         )
-        return {"escalated": res["escalated"], "late": res[LATE_TAG]}
+        return {
+            "escalated": res["escalated"],
+            "late": res[LATE_TAG],
+            "expired": res[EXPIRED_TAG],
+        }

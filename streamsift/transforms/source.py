@@ -3,7 +3,8 @@
 The payloads are delivered in their arrival order, in chunks, as a Beam
 ``TestStream``: after each chunk the watermark advances to the newest event
 time seen so far (minus ``watermark_lag_s``), exactly as a streaming source
-with a bounded-out-of-orderness watermark would. Events that arrive behind that
+with a bounded-out-of-orderness watermark would; before a chunk it may advance
+to the chunk's oldest on-time event (event time passes during idle periods). Events that arrive behind that
 watermark are late in Beam's sense; the per-key stage still places them in
 order while they are within the allowed lateness.
 """
@@ -49,6 +50,7 @@ class ReplayStream(beam.PTransform):
         input_cfg: InputConfig,
         chunk_size: int = 500,
         watermark_lag_s: float = 0.0,
+        drain_s: float = 366 * 86400.0,
     ) -> None:
         super().__init__()
         if chunk_size < 1:
@@ -59,6 +61,7 @@ class ReplayStream(beam.PTransform):
         self._cfg = input_cfg
         self._chunk = chunk_size
         self._lag = watermark_lag_s
+        self._drain_s = drain_s
 
     def _test_stream(self) -> TestStream:
         hints = event_time_hints(self._payloads, self._cfg)
@@ -66,10 +69,20 @@ class ReplayStream(beam.PTransform):
         watermark = None
         newest = None
         for start in range(0, len(self._payloads), self._chunk):
+            chunk_hints = hints[start : start + self._chunk]
+            # Before a chunk arrives the watermark may move up to its oldest
+            # on-time event: event time passes while a key is idle, so idle keys
+            # expire in replay as they would live.
+            on_time = [
+                t for t in chunk_hints if t is not None and (watermark is None or t >= watermark)
+            ]
+            if on_time and watermark is not None and min(on_time) - self._lag > watermark:
+                watermark = min(on_time) - self._lag
+                ts_stream = ts_stream.advance_watermark_to(Timestamp.of(watermark))
             chunk = []
             for raw, ts in zip(
                 self._payloads[start : start + self._chunk],
-                hints[start : start + self._chunk],
+                chunk_hints,
                 strict=True,
             ):
                 # Payloads without a parseable time ride at the watermark; the
@@ -84,6 +97,11 @@ class ReplayStream(beam.PTransform):
                 if watermark is None or target > watermark:
                     watermark = target
                     ts_stream = ts_stream.advance_watermark_to(Timestamp.of(watermark))
+        if newest is not None:
+            # Drain first: the watermark passes every pending timer (releases,
+            # idle-key expiry) while the stream is still open, so what those
+            # timers emit is handled in order before the stream ends.
+            ts_stream = ts_stream.advance_watermark_to(Timestamp.of(newest + self._drain_s))
         return ts_stream.advance_watermark_to_infinity()
 
     def expand(self, pbegin):
