@@ -182,6 +182,26 @@ def _load(inputs: ContenderInputs) -> tuple[list[bytes], str]:
 # ------------------------------------------------------------------ a. full pipeline
 
 
+def _count_stage2_batches() -> list[int]:
+    """Count the batches (and rows) RunInference hands to streamsift's model handler
+    in this process: ``[batches, rows]``, updated as the pipeline runs. A list append
+    per batch; the batches themselves are untouched."""
+    from streamsift.transforms import inference
+
+    handler_cls = inference.StreamsiftModelHandler
+    original = getattr(handler_cls, "_bench_original_run_inference", handler_cls.run_inference)
+    counts = [0, 0]
+
+    def run_inference(self, batch, model, inference_args=None):
+        counts[0] += 1
+        counts[1] += len(batch)
+        return original(self, batch, model, inference_args)
+
+    handler_cls._bench_original_run_inference = original
+    handler_cls.run_inference = run_inference
+    return counts
+
+
 def run_full(inputs: ContenderInputs) -> ContenderResult:
     """streamsift's full pipeline via ``run_stream`` (print and progress off)."""
     import os
@@ -193,6 +213,7 @@ def run_full(inputs: ContenderInputs) -> ContenderResult:
     payloads, digest = _load(inputs)
     out_dir = os.path.join(inputs.work_dir, "full-out")
     warm_model_imports()
+    batches = _count_stage2_batches()
     rss0 = current_rss_mb()
     t0 = time.perf_counter()
     res = run_stream(
@@ -230,6 +251,9 @@ def run_full(inputs: ContenderInputs) -> ContenderResult:
             "alerts_upgraded": res.counter("alerts_upgraded"),
             "alerts_suppressed": res.counter("alerts_suppressed"),
             "alert_lines": len(res.alerts),
+            "stage2_batches": batches[0],
+            "stage2_rows": batches[1],
+            "stage2_mean_batch": batches[1] / batches[0] if batches[0] else 0.0,
             "alerts_by_severity": {
                 s: sum(1 for a in new_alerts if a.get("severity") == s)
                 for s in ("info", "warning", "critical")

@@ -1,10 +1,14 @@
 """``streamsift bench``: the same seeded stream through streamsift and its contenders.
 
-The parent process generates the stream once (payload file), trains the models
-once, then runs each measurement in a fresh child process (``python -m
-benchmarks.harness --child TASK.json``) so that each reports its own wall time
-and peak RSS; children run one after another. It then writes ``RESULTS.md``
+Every piece of work runs in a fresh child process (``python -m
+benchmarks.harness --child TASK.json``), one after another: a setup process
+generates the stream once (one payload file every contender reads) and trains
+the models once; then each contender, each key count of the state measurement,
+the model-stage comparison and the profile run in their own process, so each
+reports its own wall time and peak RSS. The parent only orchestrates (it stays
+small: see :func:`benchmarks.common.ru_maxrss_mb`), then writes ``RESULTS.md``
 (rewritten every run) and prints the contender table and the ratios.
+``--from-json`` re-renders ``RESULTS.md`` from a ``--json-out`` file.
 
 Wire it into a CLI with :func:`add_arguments` and :func:`main`:
 
@@ -162,6 +166,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=7200.0,
         help="seconds before a measurement process is stopped",
+    )
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        help="only re-render --out from a results file written by --json-out (no measuring)",
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
 
@@ -553,11 +562,16 @@ def main(args: argparse.Namespace) -> int:
     """
     if getattr(args, "child", None):
         return _child_main(args.child)
-    from benchmarks.report import console_summary
+    from benchmarks.report import console_summary, render_markdown
 
     try:
-        res = run_benchmark(args)
-    except ValueError as exc:
+        if getattr(args, "from_json", None):
+            res = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(render_markdown(res), encoding="utf-8")
+        else:
+            res = run_benchmark(args)
+    except (ValueError, OSError) as exc:
         print(f"streamsift bench: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

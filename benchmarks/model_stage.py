@@ -4,13 +4,16 @@ For each batch size ``b`` the same feature rows (the model-input vectors
 :class:`~streamsift.models.keylogic.KeyLogic` computes for the benchmark stream,
 tiled to ``max(model_rows, 16 * b)`` rows) are scored three ways:
 
-* ``runinference``: a batch (not streaming) Beam pipeline on the DirectRunner,
+* ``pipeline``: a batch (not streaming) Beam pipeline on the DirectRunner,
   ``Create(rows) | RunInference(StreamsiftModelHandler(min = max = b)) | Count``,
-  timed from construction to finish, minus the same pipeline without
-  RunInference (``Create(rows) | Count``: runner start-up, Create, counting),
-  so what remains is RunInference's own cost (batching, DoFn, handler, model)
-  as it would be in a long-running pipeline; the model is already loaded in
-  the process (the handler keeps one live model per process);
+  timed from construction to finish (fastest of up to 3 runs, until 3 s have
+  passed); the model is already loaded in the process (the handler keeps one
+  live model per process);
+* ``runinference``: that time minus the same pipeline without RunInference
+  (``Create(rows) | Count``: runner start-up, Create, counting; fastest of up
+  to 3 runs), i.e. RunInference's own cost (BatchElements, its DoFn, the
+  handler, the model) as in a long-running pipeline; None when the difference
+  is below :data:`NOISE_FRACTION` of the baseline (run-to-run noise);
 * ``handler``: :meth:`StreamsiftModelHandler.run_inference` called directly on
   slices of ``b`` rows (stacking, raw scores, calibration; no Beam);
 * ``decision_function``: the artifact's estimator ``decision_function`` on the
@@ -89,6 +92,33 @@ def _batch_pipeline(rows: list[np.ndarray], handler: Any | None) -> tuple[int, f
     return out, wall
 
 
+#: a RunInference cost below this fraction of the baseline pipeline's time is noise
+NOISE_FRACTION = 0.1
+
+
+def _best_of(run, *args: Any, min_total_s: float = 3.0, max_runs: int = 3) -> tuple[Any, int]:
+    """Call ``run(*args)`` (returning ``(value, seconds)``) until ``min_total_s``
+    seconds or ``max_runs`` calls have passed; return the fastest
+    ``(value, seconds)`` and the number of calls.
+
+    >>> times = iter([2.0, 1.5, 1.8])
+    >>> _best_of(lambda tag: (tag, next(times)), "x")
+    (('x', 1.5), 2)
+    """
+    best: tuple[Any, float] | None = None
+    total = 0.0
+    runs = 0
+    while runs < max_runs:
+        value, secs = run(*args)
+        runs += 1
+        total += secs
+        if best is None or secs < best[1]:
+            best = (value, secs)
+        if total >= min_total_s:
+            break
+    return best, runs
+
+
 def measure_model_stage(
     spec: BenchSpec,
     payloads_path: str,
@@ -100,7 +130,9 @@ def measure_model_stage(
 
     Returns ``{"rows_available", "model_load_s", "detector", "batches": [...]}``
     with one entry per batch size: ``rows``, ``rows_out`` (what RunInference
-    emitted), and ``*_rows_per_s`` / ``*_us_per_row`` for each method.
+    emitted), ``pipeline_s`` / ``baseline_s`` and ``*_rows_per_s`` /
+    ``*_us_per_row`` for ``runinference`` (None when below noise), ``handler``
+    and ``decision_function``.
     """
     from benchmarks.contenders import warm_model_imports
     from streamsift.models.artifact import load_artifact
@@ -133,14 +165,21 @@ def measure_model_stage(
             handler.run_inference(rows[i : i + b], live)
         entry["handler_s"] = time.perf_counter() - t0
 
-        entry["rows_out"], entry["pipeline_s"] = _batch_pipeline(rows, handler)
-        entry["baseline_rows_out"], entry["baseline_s"] = _batch_pipeline(rows, None)
-        # the pipeline's fixed start-up, Create and counting are not RunInference's cost
-        entry["runinference_s"] = max(entry["pipeline_s"] - entry["baseline_s"], 1e-9)
+        (entry["rows_out"], entry["pipeline_s"]), entry["pipeline_runs"] = _best_of(
+            _batch_pipeline, rows, handler
+        )
+        (entry["baseline_rows_out"], entry["baseline_s"]), entry["baseline_runs"] = _best_of(
+            _batch_pipeline, rows, None
+        )
+        entry["pipeline_rows_per_s"] = n / entry["pipeline_s"]
+        # the pipeline's fixed start-up, Create and counting are not RunInference's cost;
+        # a difference within the run-to-run noise is reported as None
+        net = entry["pipeline_s"] - entry["baseline_s"]
+        entry["runinference_s"] = net if net > NOISE_FRACTION * entry["baseline_s"] else None
         for m in ("runinference", "handler", "decision_function"):
-            s = entry[f"{m}_s"]
-            entry[f"{m}_rows_per_s"] = n / s if s > 0 else 0.0
-            entry[f"{m}_us_per_row"] = 1e6 * s / n
+            secs = entry[f"{m}_s"]
+            entry[f"{m}_rows_per_s"] = n / secs if secs else None
+            entry[f"{m}_us_per_row"] = 1e6 * secs / n if secs is not None else None
         batches.append(entry)
     return {
         "rows_available": int(len(X)),

@@ -10,8 +10,11 @@ thread), then :func:`attribute` splits the worker samples
   stage (streamsift's DoFn modules, Beam's RunInference and its batching DoFn,
   the replay source). Time with no such frame is the runner's own work between
   stages (bundle scheduling, watermarks, coders, GroupByKey, windowing);
-* by **layer**: the module of the innermost frame (streamsift logic, streamsift
-  Beam glue, Beam, numpy/sklearn/pyod, Python stdlib and builtins).
+* by **layer**: the module of the innermost frame that is not Python's
+  standard library or a builtin (streamsift logic, streamsift Beam glue, Beam,
+  numpy/sklearn/pyod): time in ``inspect``, ``warnings``, ``json`` ... counts for
+  the library that called it. Only stacks made of stdlib frames alone (thread
+  start-up) count as stdlib.
 
 >>> stage_of("/x/site-packages/streamsift/transforms/keyed.py", "process", "DetectPerKeyFn")
 'DetectPerKey'
@@ -58,6 +61,7 @@ LAYERS = (
     "Beam (runner, coders, state, metrics)",
     "Python stdlib / builtins",
 )
+STDLIB = LAYERS[4]
 
 
 def _norm(path: str) -> str:
@@ -167,7 +171,8 @@ def attribute(records: Iterable[tuple[Sequence[str], float]], top: int = 15) -> 
             if stage is None:
                 stage = stage_of(path, function, cls)
             label = _label(function, path, cls, line)
-            leaf_path = path
+            if layer_of(path) != STDLIB:
+                leaf_path = path
             if "/streamsift/" in _norm(path) and label not in seen:
                 seen.add(label)
                 inclusive[label] += t

@@ -261,6 +261,12 @@ def _contender_section(res: Mapping[str, Any]) -> list[str]:
             f"{sev.get('warning', 0)}, info {sev.get('info', 0)}; run_stream's own timer "
             f"(run only) {d['run_s']:.1f} s."
         )
+        if d.get("stage2_batches"):
+            lines.append(
+                f"`full` stage 2: RunInference handed the model {d['stage2_batches']:,} batches "
+                f"for {d['stage2_rows']:,} rows, {d['stage2_mean_batch']:.2f} rows per batch "
+                "on average (1 s event-time windows, batches up to 256)."
+            )
     ref = res["contenders"].get("reference")
     if _ok(ref):
         d = ref["details"]
@@ -414,56 +420,68 @@ def _model_section(res: Mapping[str, Any]) -> list[str]:
         f"{ms['model_features']} model features; load + verify {ms['model_load_s']:.2f} s, "
         f"not included below) scoring the stream's own feature rows "
         f"({ms['rows_available']:,} available, tiled to the row count shown), the same rows "
-        "for each method. `RunInference`: a batch pipeline `Create | RunInference("
+        "for each method. **pipeline**: a batch pipeline `Create | RunInference("
         "StreamsiftModelHandler(min_batch_size = max_batch_size = b)) | Count` on the "
-        "DirectRunner minus the same pipeline without RunInference (`Create | Count`: runner "
-        "start-up, Create, counting), i.e. RunInference's own cost per row (BatchElements, "
-        "its DoFn, the handler, the model); `handler`: `StreamsiftModelHandler.run_inference` "
-        "called directly (stack + score + calibrate); `decision_function`: the estimator alone."
+        "DirectRunner, construction to finish (fastest of up to 3 runs); **baseline**: the "
+        "same without RunInference (`Create | Count`: runner start-up, Create, moving and "
+        "counting the rows); **RunInference net** = pipeline - baseline, RunInference's own "
+        'cost (BatchElements, its DoFn, the handler, the model; "noise" when the '
+        "difference is under 10% of the baseline); **handler**: "
+        "`StreamsiftModelHandler.run_inference` called directly (stack + score + calibrate); "
+        "**decision_function**: the estimator alone."
     )
     lines.append("")
+
+    def us(x: float | None) -> str:
+        return "noise" if x is None else f"{x:,.0f}"
+
     rows = []
     for e in ms["batches"]:
+        net, raw = e["runinference_us_per_row"], e["decision_function_us_per_row"]
         rows.append(
             [
                 str(e["batch_size"]),
                 f"{e['rows']:,} ({e['rows_out']:,} out)",
                 f"{e['pipeline_s']:.2f} / {e['baseline_s']:.2f}",
-                f"{e['runinference_us_per_row']:,.0f}",
-                f"{e['handler_us_per_row']:,.0f}",
-                f"{e['decision_function_us_per_row']:,.0f}",
-                fmt_rate(e["runinference_rows_per_s"]),
+                fmt_rate(e["pipeline_rows_per_s"]),
                 fmt_rate(e["decision_function_rows_per_s"]),
-                fmt_ratio(
-                    e["runinference_us_per_row"] / e["decision_function_us_per_row"]
-                    if e["decision_function_us_per_row"]
-                    else None
-                ),
+                us(1e6 * e["pipeline_s"] / e["rows"]),
+                us(1e6 * e["baseline_s"] / e["rows"]),
+                us(net),
+                us(e["handler_us_per_row"]),
+                us(raw),
+                fmt_ratio(net / raw if net is not None and raw else None),
             ]
         )
     lines += _table(
         [
             "batch size",
             "rows",
-            "pipeline s with / without RunInference",
-            "RunInference us/row",
+            "pipeline / baseline s",
+            "pipeline rows/s",
+            "decision_function rows/s",
+            "pipeline us/row",
+            "baseline us/row",
+            "RunInference net us/row",
             "handler us/row",
             "decision_function us/row",
-            "RunInference rows/s",
-            "decision_function rows/s",
-            "RunInference / raw cost",
+            "net / raw",
         ],
         rows,
     )
     lines.append("")
-    b1 = next((e for e in ms["batches"] if e["batch_size"] == 1), None)
-    bmax = max(ms["batches"], key=lambda e: e["batch_size"])
-    if b1 is not None and bmax is not b1:
+    by_b = {e["batch_size"]: e for e in ms["batches"]}
+    lo, hi = by_b[min(by_b)], by_b[max(by_b)]
+    if lo is not hi:
         lines.append(
-            f"Batching: one row at a time costs {b1['decision_function_us_per_row']:,.0f} us/row "
-            f"raw; batches of {bmax['batch_size']} cost "
-            f"{bmax['decision_function_us_per_row']:,.0f} us/row raw and "
-            f"{bmax['runinference_us_per_row']:,.0f} us/row through RunInference."
+            f"Batching: batches of {lo['batch_size']} cost "
+            f"{lo['decision_function_us_per_row']:,.0f} us/row raw, batches of "
+            f"{hi['batch_size']} {hi['decision_function_us_per_row']:,.0f} us/row "
+            f"({lo['decision_function_us_per_row'] / hi['decision_function_us_per_row']:,.0f}x "
+            f"less). Through the pipeline: {us(1e6 * lo['pipeline_s'] / lo['rows'])} vs "
+            f"{us(1e6 * hi['pipeline_s'] / hi['rows'])} us/row, of which the runner alone "
+            f"(baseline) {us(1e6 * hi['baseline_s'] / hi['rows'])} us/row at "
+            f"b={hi['batch_size']}."
         )
         lines.append("")
     return lines
@@ -544,7 +562,8 @@ def _profile_section(res: Mapping[str, Any]) -> list[str]:
     lines.append(
         'By stage (outermost stage frame on the stack; "runner" = no stage frame: '
         "bundle scheduling, watermarks, coders, windowing between stages). Columns split "
-        "each stage by the layer of the innermost frame:"
+        "each stage by layer: the innermost frame that is not the Python standard library "
+        "or a builtin, so stdlib time counts for the library that called it:"
     )
     lines.append("")
     layer_names = list(w["layers"])
@@ -563,7 +582,7 @@ def _profile_section(res: Mapping[str, Any]) -> list[str]:
     lines.append(
         "Layers: logic = streamsift/models + parsing.py (pure python); glue = "
         "streamsift/transforms + pipeline (the DoFns); Beam = apache_beam (state, timers, "
-        "coders, metrics, runner); stdlib = Python standard library and builtins."
+        "coders, metrics, runner); stdlib = stacks with no other frame (thread start-up)."
     )
     lines.append("")
     lines.append("Top frames by self time (worker thread):")

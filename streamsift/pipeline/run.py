@@ -37,6 +37,7 @@ from streamsift.transforms.source import ReplayStream
 __all__ = [
     "RunResult",
     "ensure_model",
+    "synthetic_history",
     "train_on_synthetic_history",
     "train_from_payloads",
     "run_stream",
@@ -83,19 +84,23 @@ def train_from_payloads(payloads: Iterable[bytes], cfg: Config, model_dir: str) 
     return save_artifact(model, model_dir)
 
 
-def train_on_synthetic_history(cfg: Config, model_dir: str | None = None) -> str:
-    """Train a new artifact on ``model.history_hours`` of clean synthetic history
-    that ends where the synthetic stream starts."""
+def synthetic_history(cfg: Config) -> list[bytes]:
+    """``model.history_hours`` of clean synthetic history (same keys as the
+    synthetic stream) that ends where the stream starts: the training data."""
     from streamsift import synthetic
 
-    history = synthetic.history(
+    return synthetic.history(
         cfg.synthetic,
         cfg.input,
         hours=cfg.model.history_hours,
         start_ts=SYNTHETIC_START_TS,
         seed=cfg.synthetic.seed + 1,
     )
-    return train_from_payloads(history, cfg, model_dir or cfg.model.dir)
+
+
+def train_on_synthetic_history(cfg: Config, model_dir: str | None = None) -> str:
+    """Train a new artifact on :func:`synthetic_history`."""
+    return train_from_payloads(synthetic_history(cfg), cfg, model_dir or cfg.model.dir)
 
 
 def ensure_model(cfg: Config, model_dir: str | None = None) -> str:
