@@ -184,8 +184,8 @@ def _load(inputs: ContenderInputs) -> tuple[list[bytes], str]:
 
 def _count_stage2_batches() -> list[int]:
     """Count the batches (and rows) RunInference hands to streamsift's model handler
-    in this process: ``[batches, rows]``, updated as the pipeline runs. A list append
-    per batch; the batches themselves are untouched."""
+    in this process: ``[batches, rows]``, updated as the pipeline runs. Two integer
+    increments per batch; the batches themselves are untouched."""
     from streamsift.transforms import inference
 
     handler_cls = inference.StreamsiftModelHandler
