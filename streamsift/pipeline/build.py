@@ -93,7 +93,6 @@ def build_detection(
         cfg.alerts,
         feature_names,
         ordered=ordered,
-        idle_ttl_s=cfg.event_time.idle_ttl_s,
     )
     alerts = alerting["alerts"] | "RateLimit" >> RateLimitAlerts(cfg.alerts)
     return {

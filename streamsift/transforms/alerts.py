@@ -124,7 +124,6 @@ class AlertPerKeyFn(beam.DoFn):
         alerts: AlertConfig,
         feature_names: Sequence[str],
         ordered: bool,
-        idle_ttl_s: float = 7200.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._thresholds = thresholds
@@ -183,6 +182,15 @@ class AlertPerKeyFn(beam.DoFn):
             state_spec.write(state.encode())
         return out, ended
 
+    def _give_up(self, rest: list[Scored], chain: _Chain) -> list[Scored]:
+        """Stop waiting for missing predecessors: ``rest`` in event-time order,
+        the sequence continuing after its last record; counted as a gap."""
+        self._gaps.inc()
+        rest = sorted(rest, key=_scored_order)
+        last = rest[-1]
+        chain.next_seq = 0 if is_key_expired_marker(last) else last.seq + 1
+        return rest
+
     def process(
         self,
         element: tuple[str, Scored],
@@ -193,34 +201,25 @@ class AlertPerKeyFn(beam.DoFn):
     ):
         scored = element[1]
         if not self._ordered:
-            if not is_key_expired_marker(scored):
-                out, _ = self._handle(state_spec, [scored])
-                yield from out
-            else:
-                state_spec.clear()
-                self._expired.inc()
+            out, _ = self._handle(state_spec, [scored])
+            yield from out
             return
         chain = _Chain.decode(chain_spec.read())
         pool = [scored]
         if chain.buffered:
             pool.extend(buffer.read())
         ready, rest, chain.next_seq = take_in_sequence(pool, chain.next_seq)
-        if chain.buffered or rest:
-            buffer.clear()
-            for x in rest:
-                buffer.add(x)
         if len(rest) > _MAX_WAITING:
             # a predecessor that never comes (a lost record): stop waiting
-            self._gaps.inc()
-            rest.sort(key=_scored_order)
-            ready.extend(rest)
-            last = rest[-1]
-            chain.next_seq = 0 if is_key_expired_marker(last) else last.seq + 1
-            buffer.clear()
+            ready.extend(self._give_up(rest, chain))
             rest = []
         elif rest and not chain.buffered:
             # flush whatever still waits when the stream ends
             gap_timer.set(_END_OF_TIME)
+        if chain.buffered or rest:
+            buffer.clear()
+            for x in rest:
+                buffer.add(x)
         chain.buffered = len(rest)
         ended = False
         if ready:
@@ -244,12 +243,9 @@ class AlertPerKeyFn(beam.DoFn):
         ready, rest, chain.next_seq = take_in_sequence(list(buffer.read()), chain.next_seq)
         buffer.clear()
         if rest:
-            self._gaps.inc()
-            rest.sort(key=_scored_order)
-            last = rest[-1]
-            chain.next_seq = 0 if is_key_expired_marker(last) else last.seq + 1
+            ready.extend(self._give_up(rest, chain))
         chain.buffered = 0
-        out, ended = self._handle(state_spec, ready + rest)
+        out, ended = self._handle(state_spec, ready)
         yield from out
         if ended:
             chain_spec.clear()
@@ -266,11 +262,10 @@ class AlertPerKey(beam.PTransform):
         alerts: AlertConfig,
         feature_names: Sequence[str],
         ordered: bool = True,
-        idle_ttl_s: float = 7200.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
-        self._fn = AlertPerKeyFn(thresholds, alerts, feature_names, ordered, idle_ttl_s, clock)
+        self._fn = AlertPerKeyFn(thresholds, alerts, feature_names, ordered, clock)
 
     def expand(self, scored):
         keyed = (
