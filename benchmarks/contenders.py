@@ -324,19 +324,12 @@ def train_reference_model(spec: BenchSpec, path: str) -> dict[str, Any]:
     import numpy as np
     from sklearn.ensemble import IsolationForest
 
-    from streamsift import synthetic
     from streamsift.parsing import EventParser
-    from streamsift.pipeline.run import SYNTHETIC_START_TS
+    from streamsift.pipeline.run import synthetic_history
     from streamsift.records import Event
 
     cfg = bench_config(spec, "unused")
-    history = synthetic.history(
-        cfg.synthetic,
-        cfg.input,
-        hours=cfg.model.history_hours,
-        start_ts=SYNTHETIC_START_TS,
-        seed=cfg.synthetic.seed + 1,
-    )
+    history = synthetic_history(cfg)
     parser = EventParser(cfg.input)
     rows = [e.values for e in (parser.parse(p) for p in history) if isinstance(e, Event)]
     X = np.asarray(rows, dtype=np.float64)
