@@ -47,6 +47,7 @@ __all__ = [
     "run_contender",
     "run_floor",
     "run_full",
+    "run_batched",
     "run_reference",
     "train_reference_model",
     "warm_model_imports",
@@ -62,6 +63,14 @@ CONTENDERS: dict[str, tuple[str, str]] = {
         "stage-1 pre-filter) -> 1 s windows -> RunInference (PyOD Isolation Forest, "
         "batches up to 256) -> AlertPerKey -> RateLimit -> JSONL sinks; "
         "DirectRunner (BundleBasedDirectRunner), streaming",
+    ),
+    "batched": (
+        "streamsift batched engine",
+        "run_stream with engine.mode = batched: ReplayChunks (one element per chunk of "
+        "500 payloads) -> ParseChunks (chunk parser, events split by shard) -> DetectShards "
+        "(4 shards, one stateful DoFn per shard: event-time buffering and release, rolling "
+        "features, stage 1, one vectorised forest call per step, per-key alerts) -> "
+        "RateLimit -> JSONL sinks; DirectRunner (BundleBasedDirectRunner), streaming",
     ),
     "beam_zscore": (
         "Beam AnomalyDetection(ZScore)",
@@ -202,16 +211,21 @@ def _count_stage2_batches() -> list[int]:
     return counts
 
 
-def run_full(inputs: ContenderInputs) -> ContenderResult:
-    """streamsift's full pipeline via ``run_stream`` (print and progress off)."""
+def run_full(inputs: ContenderInputs, engine: str = "per_element") -> ContenderResult:
+    """streamsift's full pipeline via ``run_stream`` (print and progress off), with
+    the per-element stages or (``engine="batched"``) the micro-batched engine."""
+    import dataclasses
     import os
 
+    from streamsift.config import EngineConfig
     from streamsift.pipeline.run import run_stream
 
     spec = inputs.spec
     cfg = bench_config(spec, os.path.dirname(os.path.dirname(inputs.model_path)))
+    cfg = dataclasses.replace(cfg, engine=EngineConfig(mode=engine))
+    name = "full" if engine == "per_element" else "batched"
     payloads, digest = _load(inputs)
-    out_dir = os.path.join(inputs.work_dir, "full-out")
+    out_dir = os.path.join(inputs.work_dir, f"{name}-out")
     warm_model_imports()
     batches = _count_stage2_batches()
     rss0 = current_rss_mb()
@@ -228,8 +242,10 @@ def run_full(inputs: ContenderInputs) -> ContenderResult:
     wall = time.perf_counter() - t0
     new_alerts = [a for a in res.alerts if not a.get("update")]
     c = res.counters
+    if engine == "batched":  # one model call per shard step, not RunInference batches
+        batches = [c.get("stage2_batches", 0), c.get("stage2_scored", 0)]
     return ContenderResult(
-        name="full",
+        name=name,
         events_in=res.counter("events_in"),
         valid=res.counter("processed") + res.counter("late"),
         alerts=len(new_alerts),
@@ -259,8 +275,14 @@ def run_full(inputs: ContenderInputs) -> ContenderResult:
                 for s in ("info", "warning", "critical")
             },
             "counters": dict(sorted(c.items())),
+            "alerts_path": res.paths.alerts,
         },
     )
+
+
+def run_batched(inputs: ContenderInputs) -> ContenderResult:
+    """streamsift's full pipeline on the micro-batched engine (``engine.mode = batched``)."""
+    return run_full(inputs, engine="batched")
 
 
 # ------------------------------------------------------------------ b. Beam ZScore
@@ -440,6 +462,7 @@ def run_floor(inputs: ContenderInputs) -> ContenderResult:
 
 _RUNNERS = {
     "full": run_full,
+    "batched": run_batched,
     "beam_zscore": run_beam_zscore,
     "reference": run_reference,
     "floor": run_floor,
@@ -452,7 +475,7 @@ def run_contender(name: str, inputs: ContenderInputs) -> ContenderResult:
     >>> run_contender("nope", None)
     Traceback (most recent call last):
     ...
-    ValueError: contender must be one of ['full', 'beam_zscore', 'reference', 'floor']; got 'nope'
+    ValueError: contender must be one of ['full', 'batched', 'beam_zscore', 'reference', 'floor']; got 'nope'
     """
     if name not in _RUNNERS:
         raise ValueError(f"contender must be one of {list(_RUNNERS)}; got {name!r}")

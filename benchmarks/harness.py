@@ -81,6 +81,90 @@ def parse_int_list(text: str, name: str) -> tuple[int, ...]:
     return values
 
 
+def parse_profile_engines(text: str) -> tuple[str, ...]:
+    """``"per_element,batched"`` -> the engines to profile, validated.
+
+    >>> parse_profile_engines("batched"), parse_profile_engines("")
+    (('batched',), ())
+    >>> parse_profile_engines("fast")
+    Traceback (most recent call last):
+    ...
+    ValueError: profile_engines must be a comma list of ['per_element', 'batched']; got 'fast'
+    """
+    out: list[str] = []
+    for t in (t.strip() for t in text.split(",")):
+        if not t:
+            continue
+        if t not in ("per_element", "batched"):
+            raise ValueError(
+                f"profile_engines must be a comma list of ['per_element', 'batched']; got {t!r}"
+            )
+        if t not in out:
+            out.append(t)
+    return tuple(out)
+
+
+def _alert_lines(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            alerts = [json.loads(line) for line in fh if line.strip()]
+    except OSError:
+        return []
+    out = []
+    for a in alerts:
+        a.pop("detection_time", None)
+        a.pop("detection_time_ms", None)
+        out.append(json.dumps(a, sort_keys=True))
+    return sorted(out)
+
+
+#: counters both engines must agree on (the others are engine bookkeeping)
+ENGINE_COUNTERS = (
+    "events_in",
+    "parsed",
+    "dead_lettered",
+    "processed",
+    "late",
+    "escalated",
+    "stage2_scored",
+    "flagged",
+    "alerts_opened",
+    "alerts_upgraded",
+    "alerts_emitted",
+    "alerts_suppressed",
+    "keys_created",
+    "keys_expired",
+    "alert_keys_expired",
+)
+
+
+def compare_engines(full: dict[str, Any], batched: dict[str, Any]) -> dict[str, Any]:
+    """Do the ``full`` (per-element) and ``batched`` runs agree? Alerts compared on
+    every field but the detection time (wall clock), counters of
+    :data:`ENGINE_COUNTERS`.
+
+    >>> compare_engines({"error": "x"}, {})["error"]
+    'a contender failed'
+    """
+    if "error" in full or "error" in batched:
+        return {"error": "a contender failed"}
+    a = _alert_lines(full["details"].get("alerts_path", ""))
+    b = _alert_lines(batched["details"].get("alerts_path", ""))
+    cf, cb = full["details"]["counters"], batched["details"]["counters"]
+    diffs = {
+        n: (cf.get(n, 0), cb.get(n, 0)) for n in ENGINE_COUNTERS if cf.get(n, 0) != cb.get(n, 0)
+    }
+    return {
+        "alerts": len(a),
+        "alerts_identical": a == b,
+        "alerts_only_full": len(set(a) - set(b)),
+        "alerts_only_batched": len(set(b) - set(a)),
+        "counters_compared": list(ENGINE_COUNTERS),
+        "counters_identical": not diffs,
+        "differences": diffs,
+    }
+
+
 def parse_contenders(text: str) -> tuple[str, ...]:
     """A comma list of contender names, validated, duplicates removed, order kept.
 
@@ -89,7 +173,7 @@ def parse_contenders(text: str) -> tuple[str, ...]:
     >>> parse_contenders("full,zscore")
     Traceback (most recent call last):
     ...
-    ValueError: contenders must be a comma list of ['full', 'beam_zscore', 'reference', 'floor']; got 'zscore'
+    ValueError: contenders must be a comma list of ['full', 'batched', 'beam_zscore', 'reference', 'floor']; got 'zscore'
     """
     out: list[str] = []
     for t in (t.strip() for t in text.split(",")):
@@ -154,6 +238,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="profile the full pipeline with pyinstrument on this many events (0: skip)",
     )
     parser.add_argument(
+        "--profile-engines",
+        default="per_element,batched",
+        help="engines to profile (comma list of per_element, batched)",
+    )
+    parser.add_argument(
         "--work-dir",
         default=None,
         help="keep payloads, models and logs here (reused; default: a temp dir, removed)",
@@ -210,6 +299,8 @@ def build_command(args: argparse.Namespace) -> str:
         str(args.model_rows),
         "--profile-events",
         str(args.profile_events),
+        "--profile-engines",
+        args.profile_engines,
     ]
     if args.work_dir:
         parts += ["--work-dir", args.work_dir]
@@ -298,7 +389,7 @@ def _child_main(task_path: str) -> int:
         else:
             from benchmarks.profiling import profile_full
 
-            result = profile_full(inputs)
+            result = profile_full(inputs, engine=task.get("engine", "per_element"))
     elif kind == "keys":
         from benchmarks.state_size import measure_keys
 
@@ -404,7 +495,7 @@ def _setup(spec: BenchSpec, task: dict[str, Any]) -> dict[str, Any]:
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run everything ``args`` asks for; return the results dict (also written to
     ``args.out`` as Markdown, and to ``args.json_out`` as JSON if set)."""
-    from benchmarks.report import ratios, render_markdown
+    from benchmarks.report import kept_section, ratios, render_markdown
 
     spec = BenchSpec(
         events=args.events,
@@ -448,6 +539,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     res["load_avg_end"] = machine_info()["load_avg"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # a quality section written by others survives the rewrite
+        kept = kept_section(out.read_text(encoding="utf-8"))
+        if kept:
+            res["kept_quality_section"] = kept
     out.write_text(render_markdown(res), encoding="utf-8")
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
@@ -476,7 +571,9 @@ def _run_all(
             "spec": asdict(spec),
             "work_dir": work_dir,
             "profile_events": args.profile_events,
-            "need_model": bool("full" in contenders or batch_sizes or args.profile_events > 0),
+            "need_model": bool(
+                {"full", "batched"} & set(contenders) or batch_sizes or args.profile_events > 0
+            ),
             "need_reference": "reference" in contenders,
             "need_state": bool(key_counts),
             "reference_model_path": ref_path,
@@ -513,6 +610,8 @@ def _run_all(
                 f"peak RSS {r['peak_rss_mb']:.0f} MiB"
             )
     res["consistency"] = _consistency(res["contenders"], stream)
+    if "full" in contenders and "batched" in contenders:
+        res["identity"] = compare_engines(res["contenders"]["full"], res["contenders"]["batched"])
 
     if key_counts:
         state: dict[str, Any] = {"breakdown": setup.get("state_breakdown", {}), "scaling": []}
@@ -545,13 +644,21 @@ def _run_all(
         else:
             pspec = spec.with_events(args.profile_events)
             ppath = setup["profile_stream"]["path"]
-            _say(f"profiling the full pipeline on {pspec.events:,} events")
-            res["profile"] = _run_child(
-                dict(base, kind="profile", spec=asdict(pspec), payloads_path=ppath),
-                work_dir,
-                "profile",
-                timeout,
-            )
+            for engine in parse_profile_engines(args.profile_engines):
+                key = "profile" if engine == "per_element" else f"profile_{engine}"
+                _say(f"profiling the full pipeline ({engine} engine) on {pspec.events:,} events")
+                res[key] = _run_child(
+                    dict(
+                        base,
+                        kind="profile",
+                        engine=engine,
+                        spec=asdict(pspec),
+                        payloads_path=ppath,
+                    ),
+                    work_dir,
+                    key.replace("_", "-"),
+                    timeout,
+                )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -562,13 +669,17 @@ def main(args: argparse.Namespace) -> int:
     """
     if getattr(args, "child", None):
         return _child_main(args.child)
-    from benchmarks.report import console_summary, render_markdown
+    from benchmarks.report import console_summary, kept_section, render_markdown
 
     try:
         if getattr(args, "from_json", None):
             res = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(render_markdown(res), encoding="utf-8")
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            kept = kept_section(out.read_text(encoding="utf-8")) if out.exists() else None
+            if kept:
+                res["kept_quality_section"] = kept
+            out.write_text(render_markdown(res), encoding="utf-8")
         else:
             res = run_benchmark(args)
     except (ValueError, OSError) as exc:

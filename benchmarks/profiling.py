@@ -40,6 +40,9 @@ _STAGE_PATHS = (
     ("streamsift/transforms/alerts.py", "AlertPerKey + RateLimit"),
     ("streamsift/transforms/sinks.py", "Sinks (JSONL)"),
     ("streamsift/transforms/source.py", "Source (replay)"),
+    ("streamsift/transforms/batched.py:ParseChunksFn", "Parse"),
+    ("streamsift/transforms/batched.py:DetectShardFn", "DetectShards (batched engine)"),
+    ("streamsift/transforms/batched.py", "Source (replay)"),
     ("apache_beam/testing/test_stream", "Source (replay)"),
     ("apache_beam/runners/direct/test_stream_impl.py", "Source (replay)"),
 )
@@ -50,6 +53,7 @@ STAGES = (
     "Parse",
     "DetectPerKey",
     "Stage2 (RunInference + model)",
+    "DetectShards (batched engine)",
     "AlertPerKey + RateLimit",
     "Sinks (JSONL)",
     RUNNER,
@@ -80,8 +84,9 @@ def stage_of(path: str, function: str, class_name: str = "") -> str | None:
     True
     """
     p = _norm(path)
+    q = f"{p}:{class_name}"
     for fragment, stage in _STAGE_PATHS:
-        if fragment in p:
+        if fragment in (q if ":" in fragment else p):
             return stage
     if p.endswith("apache_beam/transforms/util.py") and "Batching" in class_name:
         return "Stage2 (RunInference + model)"
@@ -231,8 +236,9 @@ def _main_phases(records: Iterable[tuple[Sequence[str], float]]) -> dict[str, fl
     return {k: round(v, 6) for k, v in out.items()}
 
 
-def profile_full(inputs: Any, tree_lines: int = 80) -> dict[str, Any]:
-    """Run the ``full`` contender under pyinstrument; return the attribution.
+def profile_full(inputs: Any, tree_lines: int = 80, engine: str = "per_element") -> dict[str, Any]:
+    """Run the ``full`` contender (``engine="batched"``: the ``batched`` one) under
+    pyinstrument; return the attribution.
 
     ``inputs`` is a :class:`benchmarks.contenders.ContenderInputs`.
     """
@@ -266,7 +272,7 @@ def profile_full(inputs: Any, tree_lines: int = 80) -> dict[str, Any]:
     try:
         main_prof.start()
         try:
-            result = run_full(inputs)
+            result = run_full(inputs, engine=engine)
         finally:
             main_session = main_prof.stop()
     finally:
@@ -284,6 +290,7 @@ def profile_full(inputs: Any, tree_lines: int = 80) -> dict[str, Any]:
         lines.pop(0)
     return {
         "pyinstrument": pyinstrument.__version__,
+        "engine": engine,
         "events": inputs.spec.events,
         "full": result.to_dict(),
         "worker_threads": len(sessions),

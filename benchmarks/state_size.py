@@ -179,6 +179,7 @@ def measure_keys(
     del values_all, noise, scores
     gc.collect()
     rss1 = current_rss_mb()
+    shard = _shard_cells(store, n_shards=4)
     sizes = np.array([[len(c) for c in cells] for cells in store.values()], dtype=np.float64)
     mean = sizes.mean(axis=0)
     n_events = n_keys * events_per_key
@@ -196,4 +197,72 @@ def measure_keys(
         "rss_per_key_bytes": (rss1 - rss0) * 1024.0 * 1024.0 / n_keys,
         "peak_rss_mb": peak_rss_mb(),
         "us_per_event": 1e6 * elapsed / n_events,
+        **shard,
+    }
+
+
+def _shard_cells(
+    store: dict[str, tuple[bytes, bytes, bytes]], n_shards: int, touched: int = 125
+) -> dict[str, Any]:
+    """The batched engine's view of the same keys: per shard, the state of all its
+    keys (:class:`~streamsift.models.batch.ShardState`) and what it costs per
+    step. ``full``: marshalling the whole shard into one cell and back (the
+    engine's layout before its change log; still what a snapshot and a rebuild
+    after a cache miss cost); ``step``: what a step with a warm cache writes, the
+    ``touched`` keys it changed (500-payload chunks over 4 shards: about 125
+    keys), plus the compaction that rewrites the shard once per ``keys``
+    records, amortised per step; ``scan``: the timer scan every step still does
+    over all of the shard's keys (:meth:`ShardLogic.advance` with nothing due)."""
+    import marshal
+
+    from streamsift.config import Config
+    from streamsift.models.batch import KeySlot, ShardLogic, ShardState, _Meta, shard_of
+    from streamsift.transforms.keyed import Meta
+
+    shards = [ShardState() for _ in range(n_shards)]
+    for key, (logic_raw, meta_raw, alert_raw) in store.items():
+        m = Meta.decode(meta_raw)
+        st = shards[shard_of(key, n_shards)]
+        st.keys[key] = KeySlot(
+            _Meta(m.released_until, m.timer_at, m.last_ts, m.expire_at, m.max_seen, m.next_seq),
+            release_us=None if m.timer_at == float("inf") else int(m.timer_at * 1e6),
+            expire_us=int(m.expire_at * 1e6) if m.expire_at > -float("inf") else None,
+            logic_raw=logic_raw,
+        )
+        st.alerts[key] = alert_raw
+    logic = ShardLogic.from_config(Config())
+    total = 0
+    enc_s = dec_s = step_s = scan_s = 0.0
+    amortised_s = 0.0
+    for st in shards:
+        t0 = time.perf_counter()
+        blob = marshal.dumps(st.to_plain(), 4)
+        enc = time.perf_counter() - t0
+        enc_s += enc
+        t0 = time.perf_counter()
+        ShardState.from_plain(marshal.loads(blob))
+        dec_s += time.perf_counter() - t0
+        total += len(blob)
+        keys = list(st.keys)[:touched]
+        st.dirty.update(keys)
+        st.dirty_alerts.update(keys)
+        t0 = time.perf_counter()
+        logic.pack(st)
+        marshal.dumps((1, "c", st.take_changes()), 4)
+        step_s += time.perf_counter() - t0
+        size = len(st.keys) + len(st.alerts)
+        amortised_s += enc * (2 * len(keys)) / max(1, size)
+        t0 = time.perf_counter()
+        logic.advance(st, -(2**62), {})
+        st.next_timer_us()
+        scan_s += time.perf_counter() - t0
+    return {
+        "shards": n_shards,
+        "shard_bytes_per_key": total / max(1, len(store)),
+        "shard_write_ms": 1e3 * enc_s / n_shards,
+        "shard_read_ms": 1e3 * dec_s / n_shards,
+        "step_keys": touched,
+        "step_write_ms": 1e3 * step_s / n_shards,
+        "step_compaction_ms": 1e3 * amortised_s / n_shards,
+        "step_scan_ms": 1e3 * scan_s / n_shards,
     }

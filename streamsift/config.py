@@ -29,12 +29,18 @@ __all__ = [
     "AlertConfig",
     "Config",
     "ConfigError",
+    "DetectorConfig",
+    "EngineConfig",
     "EventTimeConfig",
     "FeatureConfig",
     "InputConfig",
+    "KafkaConfig",
     "ModelConfig",
     "OutputConfig",
     "PrefilterConfig",
+    "PubSubConfig",
+    "SinksConfig",
+    "SourceConfig",
     "SyntheticConfig",
     "ThresholdConfig",
     "load_config",
@@ -45,6 +51,9 @@ TIME_FORMATS = ("auto", "iso8601", "epoch_ms", "epoch_s")
 ORDERINGS = ("event_time", "arrival")
 PREFILTER_METHODS = ("ewma", "mad")
 DETECTORS = ("iforest", "pyod_iforest")
+EVENT_TIME_SOURCES = ("payload", "broker")
+OFFSET_RESETS = ("earliest", "latest")
+ENGINE_MODES = ("per_element", "batched")
 
 
 class ConfigError(ValueError):
@@ -230,6 +239,67 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class DetectorConfig:
+    """Per-key seasonal detector with anomaly-likelihood scores
+    (:class:`streamsift.models.seasonal.SeasonalDetector`). Counts are in events of the key."""
+
+    #: run the detector in the per-key stage (its score is ``StepResult.anomaly``).
+    enabled: bool = True
+    #: |z| at or above which a point is flagged and not learnt by its baselines.
+    flag_z: float = 8.0
+    #: consecutive flagged points after which a baseline accepts the new level.
+    readapt_after: int = 12
+    #: half-life (events) of the level baseline.
+    level_half_life: float = 1000.0
+    #: seasonal period (seconds of event time; 86400 = time of day, 604800 = time of week).
+    season_period_s: float = 86400.0
+    #: bins per period (each holds a baseline of its own).
+    season_bins: int = 48
+    #: half-life (visits of a bin) of the seasonal baselines.
+    season_half_life: float = 7.0
+    #: visits a bin needs before its baseline is scored.
+    season_min_visits: int = 3
+    #: raw scores in the likelihood's short-term mean.
+    likelihood_window: int = 10
+    #: half-life (events) of the likelihood's long-term distribution.
+    likelihood_half_life: float = 500.0
+    #: events before the detector scores anything above 0.
+    warmup_events: int = 300
+    #: a value beyond the key's seen range by this share of the range scores 1.0
+    #: (after the warm-up); 0 disables.
+    spatial_margin: float = 0.05
+    #: score at which the detector counts as alerting (and starts its quiet period).
+    alert_score: float = 0.5
+    #: events after an alert during which the score stays below alert_score.
+    suppress_events: int = 288
+    #: once a key's detector is past its warm-up it decides what alerts: an event
+    #: whose score >= alert_score is escalated and alerts (explained by the
+    #: detector), stage 1 then escalates only event-rate deviations (see KeyLogic.step).
+    #: false: stage 1 -> stage 2 -> adaptive thresholds decide throughout.
+    escalate: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "escalate"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(f"detector.{name}", "true or false", getattr(self, name))
+        _positive("detector.flag_z", self.flag_z)
+        _positive_int("detector.readapt_after", self.readapt_after, 1)
+        _positive("detector.level_half_life", self.level_half_life)
+        _positive("detector.season_period_s", self.season_period_s)
+        _positive_int("detector.season_bins", self.season_bins, 1)
+        if self.season_bins > 10080:
+            _fail("detector.season_bins", "<= 10080", self.season_bins)
+        _positive("detector.season_half_life", self.season_half_life)
+        _positive_int("detector.season_min_visits", self.season_min_visits, 1)
+        _positive_int("detector.likelihood_window", self.likelihood_window, 1)
+        _positive("detector.likelihood_half_life", self.likelihood_half_life)
+        _positive_int("detector.warmup_events", self.warmup_events, 1)
+        _non_negative("detector.spatial_margin", self.spatial_margin)
+        _open_unit("detector.alert_score", self.alert_score)
+        _positive_int("detector.suppress_events", self.suppress_events, 0)
+
+
+@dataclass(frozen=True)
 class ThresholdConfig:
     """Calibrated scores in [0, 1], per-key adaptive thresholds, severity tiers."""
 
@@ -317,6 +387,197 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """Broker sources (Kafka, Pub/Sub): event time, watermark and stopping."""
+
+    #: "payload": event time from ``input.time_field``; "broker": the Kafka record
+    #: timestamp / the Pub/Sub timestamp attribute (else the publish time).
+    event_time: str = "payload"
+    #: the watermark trails the newest event time of the slowest active partition by this.
+    watermark_lag_s: float = 0.0
+    #: a partition without records for this many wall seconds does not hold the watermark.
+    idle_partition_s: float = 10.0
+    #: > 0: stop (drain, then end the run) after this many wall seconds without input.
+    stop_when_idle_s: float = 0.0
+    #: most records read per poll.
+    max_batch: int = 500
+    #: wall seconds a poll waits for records.
+    poll_timeout_s: float = 0.2
+    #: wall seconds to reach the broker at start before failing.
+    connect_timeout_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        _one_of("source.event_time", self.event_time, EVENT_TIME_SOURCES)
+        _non_negative("source.watermark_lag_s", self.watermark_lag_s)
+        _positive("source.idle_partition_s", self.idle_partition_s)
+        _non_negative("source.stop_when_idle_s", self.stop_when_idle_s)
+        _positive_int("source.max_batch", self.max_batch, 1)
+        _positive("source.poll_timeout_s", self.poll_timeout_s)
+        _positive("source.connect_timeout_s", self.connect_timeout_s)
+
+
+def _string_pairs(name: str, value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 for p in value
+    ):
+        items = [tuple(p) for p in value]
+    else:
+        _fail(name, "a table of string keys and values", value)
+    out = []
+    for k, v in items:
+        if not isinstance(k, str) or not k:
+            _fail(f"{name} key", "a non-empty string", k)
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        if not isinstance(v, (str, int, float)):
+            _fail(f"{name}.{k}", "a string or number", type(v).__name__)
+        out.append((k, str(v)))
+    return tuple(sorted(out))
+
+
+#: property names whose values are never shown (logs, printed config, reprs).
+SECRET_MARKERS = ("password", "secret", "token", "key", "credential", "jaas")
+
+
+def is_secret_property(name: str) -> bool:
+    """True for a property whose value must never be shown.
+
+    >>> [is_secret_property(n) for n in ("sasl.password", "ssl.key.location", "acks")]
+    [True, True, False]
+    """
+    low = name.lower()
+    return any(m in low for m in SECRET_MARKERS)
+
+
+def redact_pairs(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Properties with secret values replaced by ``"***"``.
+
+    >>> redact_pairs((("sasl.password", "hunter2"), ("security.protocol", "SASL_SSL")))
+    {'sasl.password': '***', 'security.protocol': 'SASL_SSL'}
+    """
+    return {k: ("***" if is_secret_property(k) else v) for k, v in pairs}
+
+
+@dataclass(frozen=True, repr=False)
+class KafkaConfig:
+    """``--source kafka`` and Kafka sinks."""
+
+    bootstrap_servers: str = ""
+    topics: tuple[str, ...] = ()
+    group_id: str = "streamsift"
+    #: where a new consumer group starts.
+    auto_offset_reset: str = "earliest"
+    #: passed to the client as-is (security.protocol, sasl.*, ssl.*, ...); secret
+    #: values are never logged or printed.
+    properties: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bootstrap_servers, str):
+            _fail(
+                "kafka.bootstrap_servers", "a string host:port[,host:port]", self.bootstrap_servers
+            )
+        topics = self.topics
+        if isinstance(topics, str):
+            topics = tuple(t.strip() for t in topics.split(",") if t.strip())
+        if not isinstance(topics, (list, tuple)):
+            _fail("kafka.topics", "a list of topic names", topics)
+        for t in topics:
+            _nonempty_str("kafka.topics[]", t)
+        object.__setattr__(self, "topics", tuple(topics))
+        _nonempty_str("kafka.group_id", self.group_id)
+        _one_of("kafka.auto_offset_reset", self.auto_offset_reset, OFFSET_RESETS)
+        object.__setattr__(self, "properties", _string_pairs("kafka.properties", self.properties))
+
+    def __repr__(self) -> str:
+        return (
+            f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, topics={self.topics!r}, "
+            f"group_id={self.group_id!r}, auto_offset_reset={self.auto_offset_reset!r}, "
+            f"properties={redact_pairs(self.properties)!r})"
+        )
+
+
+@dataclass(frozen=True)
+class PubSubConfig:
+    """``--source pubsub`` and Pub/Sub sinks."""
+
+    project: str = ""
+    #: read this subscription ...
+    subscription: str = ""
+    #: ... or create ``subscription`` (or ``streamsift-<topic>``) on this topic.
+    topic: str = ""
+    #: attribute with the event time (epoch ms or RFC 3339) for ``source.event_time = "broker"``;
+    #: "" = the publish time.
+    timestamp_attribute: str = ""
+    #: ack deadline (seconds) requested for pulled messages; extended while pending.
+    ack_deadline_s: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("project", "subscription", "topic", "timestamp_attribute"):
+            if not isinstance(getattr(self, name), str):
+                _fail(f"pubsub.{name}", "a string", getattr(self, name))
+        _positive_int("pubsub.ack_deadline_s", self.ack_deadline_s, 10)
+        if self.ack_deadline_s > 600:
+            _fail("pubsub.ack_deadline_s", "<= 600", self.ack_deadline_s)
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    """Where alerts, dead letters and late events go: ``file://PATH``,
+    ``kafka://TOPIC``, ``pubsub://projects/P/topics/T`` or a Beam file system URL
+    (``gs://BUCKET/PATH``, written with Beam's file IO); "" = a file in output.dir.
+
+    >>> SinksConfig(alerts="gs://b/alerts.jsonl").alerts
+    'gs://b/alerts.jsonl'
+    >>> SinksConfig(late="late.jsonl")
+    Traceback (most recent call last):
+    ...
+    streamsift.config.ConfigError: sinks.late must be file://PATH, kafka://TOPIC, pubsub://projects/P/topics/T or a Beam file system URL such as gs://BUCKET/PATH; got 'late.jsonl'
+    """
+
+    alerts: str = ""
+    dead_letter: str = ""
+    late: str = ""
+    #: optional audit of every processed event id (key, event time): same URL forms.
+    processed: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("alerts", "dead_letter", "late", "processed"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                _fail(f"sinks.{name}", "a string URL", v)
+            scheme, sep, rest = v.partition("://")
+            if v and (not sep or not rest or not scheme.replace("-", "").isalnum()):
+                _fail(
+                    f"sinks.{name}",
+                    "file://PATH, kafka://TOPIC, pubsub://projects/P/topics/T or a Beam file "
+                    "system URL such as gs://BUCKET/PATH",
+                    v,
+                )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the detection stages run (both give the same alerts and counters)."""
+
+    #: "per_element": one Beam element per event through Parse, DetectPerKey,
+    #: RunInference and AlertPerKey; "batched": chunks of events, one stateful
+    #: DoFn per shard, one model call per step (streamsift/transforms/batched.py).
+    mode: str = "per_element"
+    #: batched: keys are spread over this many shards (stateful DoFn keys).
+    shards: int = 4
+    #: batched, sources without watermark hints: shard timers are rounded up to
+    #: this many seconds of event time (fewer firings, at most this much later).
+    release_quantum_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _one_of("engine.mode", self.mode, ENGINE_MODES)
+        _positive_int("engine.shards", self.shards, 1)
+        _non_negative("engine.release_quantum_s", self.release_quantum_s)
+
+
+@dataclass(frozen=True)
 class Config:
     input: InputConfig = field(default_factory=InputConfig)
     event_time: EventTimeConfig = field(default_factory=EventTimeConfig)
@@ -327,9 +588,24 @@ class Config:
     alerts: AlertConfig = field(default_factory=AlertConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    pubsub: PubSubConfig = field(default_factory=PubSubConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
+        """Every section as a plain dict, secret Kafka properties shown as ``"***"``
+        (the dict is for printing and logging; clients read ``kafka.properties``).
+
+        >>> c = Config(kafka=KafkaConfig(properties={"sasl.password": "hunter2", "acks": "all"}))
+        >>> c.to_dict()["kafka"]["properties"]
+        {'acks': 'all', 'sasl.password': '***'}
+        """
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
+        out["kafka"]["properties"] = redact_pairs(self.kafka.properties)
+        return out
 
 
 _SECTIONS = {f.name: f.type for f in fields(Config)}
@@ -346,6 +622,12 @@ def _section_class(name: str) -> type:
         "alerts": AlertConfig,
         "synthetic": SyntheticConfig,
         "output": OutputConfig,
+        "source": SourceConfig,
+        "kafka": KafkaConfig,
+        "pubsub": PubSubConfig,
+        "sinks": SinksConfig,
+        "detector": DetectorConfig,
+        "engine": EngineConfig,
     }[name]
 
 

@@ -393,3 +393,44 @@ def test_rate_limit_state_round_trip():
     back = RateLimitState.decode(state.encode())
     assert back == state == RateLimitState(window=0, admitted=1, suppressed=2)
     assert RateLimitState.decode(RateLimitState().encode()).window is None
+
+
+# --------------------------------------------------------------------------- detector verdicts
+
+
+def test_detector_verdict_alerts_below_the_stage2_threshold_and_explains_itself():
+    from streamsift.models.alerting import detector_verdict
+    from streamsift.models.seasonal import DETECTOR_REASON
+
+    verdict = (
+        Reason(DETECTOR_REASON, 0.83, 0.5, 14.2),
+        Reason("latency_ms.seasonal", 950.0, 120.0, 14.2),
+        *REASONS[:2],
+    )
+    logic = make_logic()
+    st = logic.new_state()
+    thr = logic.threshold(st)
+    low = scored("k", T0, 0.2, reasons=verdict)  # stage 2 far below the threshold
+    assert detector_verdict(low) and logic.exceeds(st, low)
+    a = logic.step(st, low, T0 + 1.0)
+    assert a is not None and not a["update"]
+    assert a["score"] == thr and a["stage2_score"] == 0.2 and a["severity"] == "info"
+    assert [e["feature"] for e in a["explanation"]] == [
+        DETECTOR_REASON,
+        "latency_ms.seasonal",
+        "cpu",
+    ]
+    assert a["summary"].startswith(
+        "anomaly_score 0.83 vs baseline 0.5 (+14.2σ); latency_ms.seasonal"
+    )
+    # the same stage-2 score without the detector's verdict is not an alert
+    plain = make_logic()
+    ps = plain.new_state()
+    no = scored("k", T0, 0.2)
+    assert not detector_verdict(no) and not plain.exceeds(ps, no)
+    assert plain.step(ps, no, T0 + 1.0) is None
+    # a verdict below the detector's alert level is not one
+    weak = scored("k", T0, 0.2, reasons=(Reason(DETECTOR_REASON, 0.4, 0.5, 3.0),))
+    assert not detector_verdict(weak)
+    # the threshold sketch learnt the real stage-2 score, not the threshold
+    assert st.sketch == ps.sketch

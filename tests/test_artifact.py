@@ -294,3 +294,71 @@ def test_train_model_validates_inputs():
     X[3, 1] = np.inf
     with pytest.raises(ValueError, match="features must be finite; got inf at row 3, column 1"):
         train_model(X, NAMES, _cfg(), PERIOD, HORIZONS)
+
+
+# --- artifacts on a non-local Beam file system (gs:// on Dataflow workers) ------------------
+def load_memfs():
+    """tests/memfs.py (the ``memtest://`` Beam file system), imported once."""
+    import importlib.util
+    import sys
+
+    name = "streamsift_tests_memfs"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("memfs.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture
+def memfs():
+    mod = load_memfs()
+    mod.FILES.clear()
+    yield mod
+    mod.FILES.clear()
+
+
+def test_remote_model_dir_lists_loads_and_verifies(tmp_path, memfs):
+    from apache_beam.io.filesystems import FileSystems
+
+    from streamsift.models.artifact import list_versions
+
+    trained = _train()
+    save_artifact(trained, str(tmp_path), created_at=1.0)
+    save_artifact(_train(seed=7), str(tmp_path), created_at=2.0)
+    os.makedirs(tmp_path / "v0003")  # incomplete: no files
+    (tmp_path / "v0004").mkdir()
+    (tmp_path / "v0004" / MODEL_FILE).write_bytes(b"no manifest")
+    memfs.upload_tree(str(tmp_path), "memtest://bucket/models")
+    url = "memtest://bucket/models"
+    assert FileSystems.get_filesystem(url).scheme() == "memtest"
+    assert list_versions(url) == ["v0001", "v0002", "v0004"]
+    path = latest_artifact(url)
+    assert path == "memtest://bucket/models/v0002/model.joblib"
+    loaded = load_artifact(path, expected_feature_names=NAMES)
+    assert loaded.version == "v0002"
+    local = load_artifact(os.path.join(str(tmp_path), "v0002", MODEL_FILE))
+    X = _data(3, 50)
+    assert np.array_equal(loaded.score(X), local.score(X))
+    assert latest_artifact("memtest://bucket/empty") is None
+
+
+def test_remote_artifact_is_verified_before_unpickling(tmp_path, memfs):
+    marker = tmp_path / "pwned"
+    local_dir = tmp_path / "models"
+    path = save_artifact(_train(), str(local_dir), created_at=1.0)
+    Path(path).write_bytes(pickle.dumps(_MkdirOnLoad(str(marker))))
+    memfs.upload_tree(str(local_dir), "memtest://b/m")
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        load_artifact("memtest://b/m/v0001/model.joblib")
+    assert not marker.exists()
+    del memfs.FILES["memtest://b/m/v0001/metadata.json"]
+    with pytest.raises(ArtifactError, match="manifest .*metadata.json is missing"):
+        load_artifact("memtest://b/m/v0001/model.joblib")
+    with pytest.raises(ArtifactError, match="model file .* is missing"):
+        save = save_artifact(_train(), str(tmp_path / "m2"), created_at=1.0)
+        memfs.upload_tree(str(tmp_path / "m2"), "memtest://b/m2")
+        del memfs.FILES["memtest://b/m2/v0001/model.joblib"]
+        load_artifact("memtest://b/m2/v0001/model.joblib")
+    assert os.path.exists(save)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamsift.config import FeatureConfig, PrefilterConfig
+from streamsift.config import DetectorConfig, FeatureConfig, PrefilterConfig
 from streamsift.models.features import DecayedMoments, DecayedRate, RollingFeatures
 from streamsift.models.keylogic import KeyLogic, KeyState, StepResult, compute_features
 from streamsift.models.prefilter import EWMAZScore, MADZScore, Prefilter
@@ -21,9 +21,16 @@ FIELDS4 = ("cpu", "latency_ms", "requests", "errors")
 METHODS = ("ewma", "mad")
 
 
-def make_logic(fields=FIELDS4, method="ewma", horizons=(60.0, 900.0, 3600.0), **pf) -> KeyLogic:
+def make_logic(
+    fields=FIELDS4, method="ewma", horizons=(60.0, 900.0, 3600.0), detector=None, **pf
+) -> KeyLogic:
+    # stage-1 tests: by default the detector does not take over escalation after
+    # its warm-up (tests of that path pass a detector config)
     return KeyLogic(
-        fields, FeatureConfig(horizons_s=horizons), PrefilterConfig(method=method, **pf)
+        fields,
+        FeatureConfig(horizons_s=horizons),
+        PrefilterConfig(method=method, **pf),
+        detector if detector is not None else DetectorConfig(escalate=False),
     )
 
 
@@ -363,10 +370,18 @@ def test_step_returns_plain_types():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_state_of_8_fields_and_3_horizons_fits_in_2_kib(method):
-    logic = make_logic(fields=tuple(f"f{i}" for i in range(8)), method=method)
+    fields = tuple(f"f{i}" for i in range(8))
+    logic = KeyLogic(
+        fields, FeatureConfig(), PrefilterConfig(method=method), DetectorConfig(enabled=False)
+    )
     state, _ = run(logic, gaussian_stream(100, n_fields=8))
     data = logic.encode_state(state)
     assert len(data) == logic.state_size <= 2048
+    # the seasonal detector adds 4 * (17 + F * (6 * season_bins + 7)) bytes (float32)
+    with_det = make_logic(fields=fields, method=method)
+    assert with_det.state_size - logic.state_size == 4 * (17 + 8 * (6 * 48 + 7))
+    state, _ = run(with_det, gaussian_stream(100, n_fields=8))
+    assert len(with_det.encode_state(state)) == with_det.state_size
 
 
 @settings(max_examples=40, deadline=None)
@@ -401,7 +416,7 @@ def test_decode_rejects_other_layouts():
     assert other.state_size != logic.state_size
     same_size = make_logic(fields=("w", "x", "y", "z"))
     assert same_size.decode_state(data) is not None  # field names are not encoded
-    with pytest.raises(ValueError, match="state format version must be 1; got 9"):
+    with pytest.raises(ValueError, match="state format version must be 3; got 9"):
         logic.decode_state(b"\x09" + data[1:])
 
 
@@ -612,3 +627,65 @@ def test_scalar_detectors_stay_finite_on_extreme_inputs(cls, xs):
         assert math.isfinite(s) and 0.0 <= s <= 50.0
         det.learn_one(x)
     assert all(math.isfinite(v) for v in det.state.stats)
+
+
+# ---------------------------------------------------------------------------
+# the seasonal detector takes over escalation after its warm-up
+# ---------------------------------------------------------------------------
+
+
+def test_detector_decides_escalation_after_its_warm_up_with_its_own_reasons():
+    from streamsift.models.seasonal import DETECTOR_REASON
+
+    det_cfg = DetectorConfig(suppress_events=0)  # escalate = true by default
+    on = make_logic(detector=det_cfg)
+    off = make_logic(detector=DetectorConfig(escalate=False))
+    events = gaussian_stream(700, seed=21)
+    events[600] = (events[600][0], [100.0, 200.0 + 80.0, 300.0, 400.0])  # +16 sd on latency
+    s_on, a = run(on, events)
+    _, b = run(off, events)
+    warm = det_cfg.warmup_events - 1  # index of the detector's first scored event
+    # before the detector's warm-up: stage 1 escalates exactly as without it
+    assert [r.escalated for r in a[:warm]] == [r.escalated for r in b[:warm]]
+    assert any(r.escalated for r in b[20:warm])
+    # after it: only detector verdicts and event-rate deviations are escalated
+    for r in a[warm:]:
+        if r.escalated:
+            first = r.reasons[0]
+            assert (first.feature == DETECTOR_REASON and r.anomaly >= 0.5) or (
+                first.feature == "interarrival_s"
+            )
+    assert sum(r.escalated for r in a[warm:]) < sum(r.escalated for r in b[warm:])
+    spike = a[600]
+    assert spike.escalated and spike.anomaly >= det_cfg.alert_score
+    verdict, field = spike.reasons[0], spike.reasons[1]
+    assert verdict == Reason(DETECTOR_REASON, spike.anomaly, 0.5, verdict.deviation)
+    assert verdict.deviation > 10.0
+    assert field.feature in ("latency_ms.seasonal", "latency_ms.level")
+    assert field.value == 280.0 and field.baseline == pytest.approx(200.0, abs=3.0)
+    assert field.deviation == verdict.deviation
+    # the stage-1 reasons follow the detector's
+    assert any(r.feature == "latency_ms" for r in spike.reasons[2:])
+    # a gap in the event rate is still escalated by stage 1 (the detector models values)
+    gap = on.step(s_on, s_on.last_ts + 6 * 3600.0, [100.0, 200.0, 300.0, 400.0])
+    assert gap.escalated and gap.reasons[0].feature == "interarrival_s"
+    assert gap.anomaly < det_cfg.alert_score
+
+
+def test_detector_state_is_float32_and_round_trips_mid_stream():
+    logic = make_logic(detector=DetectorConfig())
+    events = gaussian_stream(400, seed=4)
+    state, _ = run(logic, events[:350])
+    assert state.detector.typecode == "f"
+    data = logic.encode_state(state)
+    fields = len(FIELDS4)
+    assert len(data) == logic.state_size
+    assert logic.state_size - make_logic(detector=DetectorConfig(enabled=False)).state_size == (
+        4 * (17 + fields * (6 * 48 + 7))
+    )
+    back = logic.decode_state(data)
+    assert back == state
+    # continuing from the decoded state gives exactly the same results
+    _, a = run(logic, events[350:], state)
+    _, b = run(logic, events[350:], back)
+    assert a == b

@@ -253,3 +253,76 @@ def test_key_expiring_mid_stream_restarts_both_stages_in_step(trained, tmp_path)
     assert c["stage2_scored"] == c["escalated"]
     assert c["alert_keys_expired"] == 2
     assert c.get("alert_order_gaps", 0) == 0
+
+
+def test_scores_output_gives_every_processed_event_the_per_key_scores(trained, tmp_path):
+    """DetectPerKey(emit_scores=True): one row per processed event, out-of-order
+    arrival within the allowed lateness included, with exactly the stage-1 score,
+    detector score and escalation that KeyLogic gives the key's events in
+    event-time order; a detector alert becomes a pipeline alert explained by it."""
+    cfg, model_path = trained
+    cfg = dataclasses.replace(
+        cfg, detector=dataclasses.replace(cfg.detector, warmup_events=100, suppress_events=0)
+    )
+    t0 = 1_767_225_600.0
+    rng = random.Random(17)
+    events = []
+    for key in ("a", "b"):
+        for i in range(160):
+            spike = key == "a" and i == 140
+            values = {
+                "cpu": 40.0 + rng.gauss(0, 2) + (300.0 if spike else 0.0),
+                "latency_ms": 80.0 + rng.gauss(0, 4),
+                "requests": 100.0 + rng.gauss(0, 5),
+                "errors": float(rng.random() < 0.05),
+            }
+            events.append((t0 + 60.0 * i, key, values))
+    events.sort(key=lambda e: e[0])
+    for i in range(0, len(events) - 1, 7):  # swap neighbours: disorder within lateness
+        events[i], events[i + 1] = events[i + 1], events[i]
+    payloads = [json.dumps({"key": k, "ts": ts * 1000, **v}).encode() for ts, k, v in events]
+    res = run_stream(
+        payloads,
+        cfg,
+        model_path,
+        str(tmp_path),
+        print_alerts=False,
+        show_progress=False,
+        chunk_size=50,
+        emit_scores=True,
+    )
+    rows = res.extra["scores"]
+    assert len(rows) == res.counters["processed"] == len(payloads)
+    assert sum(r["escalated"] for r in rows) == res.counters["escalated"]
+    parser = EventParser(cfg.input)
+    logic = KeyLogic(cfg.input.feature_fields, cfg.features, cfg.prefilter, cfg.detector)
+    for key in ("a", "b"):
+        mine = sorted((r for r in rows if r["key"] == key), key=lambda r: (r["ts"], r["values"]))
+        evs = sorted(
+            (e for e in (parser.parse(p) for p in payloads) if e.key == key),
+            key=lambda e: (e.ts, e.values),
+        )
+        state = logic.new_state()
+        expect = []
+        for e in evs:
+            r = logic.step(state, e.ts, e.values)
+            expect.append((e.ts, list(e.values), r.stage1, r.anomaly, r.escalated))
+        got = [(r["ts"], r["values"], r["stage1"], r["anomaly"], r["escalated"]) for r in mine]
+        assert got == expect
+    spike = next(r for r in rows if r["key"] == "a" and r["ts"] == t0 + 60.0 * 140)
+    assert spike["anomaly"] >= cfg.detector.alert_score and spike["escalated"]
+    alert = next(
+        a for a in res.alerts if a["key"] == "a" and a["first_event_time_ms"] == spike["ts"] * 1000
+    )
+    assert alert["explanation"][0]["feature"] == "anomaly_score"
+    assert alert["explanation"][1]["feature"].startswith("cpu.")
+    # off by default: no scores output, nothing written
+    plain = run_stream(
+        payloads[:50],
+        cfg,
+        model_path,
+        str(tmp_path / "plain"),
+        print_alerts=False,
+        show_progress=False,
+    )
+    assert plain.extra == {} and not (tmp_path / "plain" / "scores.jsonl").exists()

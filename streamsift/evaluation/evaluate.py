@@ -13,20 +13,26 @@ written (one row per input row, in input order):
 
 * ``alert`` is 1 on the row where the pipeline opened an alert (the alert's
   first event; severity upgrades and rate-limited alerts are not new alerts);
-* ``anomaly_score`` in [0, 1] (higher = more anomalous) comes from
-  :func:`event_score`: ``0.5 + 0.5 * stage2`` for events stage 1 escalated
-  (``stage2``: the model's calibrated score), ``0.5 * (1 - exp(-stage1 /
-  escalate_score))`` in [0, 0.5) for the others, and 0 for rows the pipeline
-  dead-letters (a missing or non-numeric value).
+* ``anomaly_score`` in [0, 1] (higher = more anomalous) is the per-key
+  :class:`~streamsift.models.seasonal.SeasonalDetector` score that the
+  pipeline's per-key stage computes for every event (``StepResult.anomaly``:
+  seasonal and level baselines, range rule, anomaly-likelihood normalisation,
+  one alert per incident), read from the stage's per-event ``scores`` output
+  (``DetectPerKey(emit_scores=True)``; the run uses the per-element engine), 0
+  for rows the pipeline dead-letters. With ``[detector] enabled = false`` it
+  comes from :func:`event_score` instead: ``0.5 + 0.5 * stage2`` for events the
+  pipeline escalated (``stage2``: the model's calibrated score; the pipeline
+  emits it only for flagged events, so for the others it comes from the replay
+  below), ``0.5 * (1 - exp(-stage1 / escalate_score))`` in [0, 0.5) for the
+  others, and 0 for rows the pipeline dead-letters (a missing or non-numeric
+  value).
 
-The pipeline only emits stage-2 scores for events whose score crossed their
-key's threshold (``flagged``) and no stage-1 score at all, so the per-event
-scores are recomputed by a bounded replay of the same code
-(:class:`~streamsift.models.keylogic.KeyLogic` and the same model artifact)
-and cross-checked against the run: the processed and escalated counts must
-equal the pipeline's counters and every flagged event's score must match (the
-pipeline's value is used for those rows). A mismatch is reported per file
-(``checks``) and logged.
+Cross-check: a bounded replay of the same code
+(:class:`~streamsift.models.keylogic.KeyLogic` and the same model artifact,
+about a second per file) must give every row the same stage-1 and detector
+scores as the pipeline, the same processed and escalated counts as its
+counters and scores output, and every flagged event's stage-2 score. A
+mismatch is reported per file (``checks``, ``consistent``) and logged.
 
 ``--detector beam-zscore`` runs Beam's built-in ``apache_beam.ml.anomaly``
 :class:`ZScore` (``AnomalyDetection`` transform, default window of 1000 points,
@@ -316,7 +322,8 @@ def zscore_to_unit(z: float | None) -> float:
 class StageScores:
     """Replayed stage scores per row (input order): ``stage1`` (NaN for rows the
     pipeline dead-letters) and ``stage2`` (-1 where not escalated), with the
-    counts to compare against the pipeline's ``processed`` / ``escalated`` counters.
+    counts to compare against the pipeline's ``processed`` / ``escalated`` counters,
+    and the detector score ``anomaly`` per row (NaN for dead-lettered rows).
 
     >>> StageScores((0.5, 4.0), (-1.0, 0.9), processed=2, escalated=1).stage2
     (-1.0, 0.9)
@@ -326,6 +333,7 @@ class StageScores:
     stage2: tuple[float, ...]
     processed: int
     escalated: int
+    anomaly: tuple[float, ...] = ()
 
 
 def replay_stage_scores(series: Series, cfg: Config, model: Any) -> StageScores:
@@ -347,18 +355,20 @@ def replay_stage_scores(series: Series, cfg: Config, model: Any) -> StageScores:
     """
     from streamsift.models.keylogic import KeyLogic
 
-    logic = KeyLogic(series.fields, cfg.features, cfg.prefilter)
+    logic = KeyLogic(series.fields, cfg.features, cfg.prefilter, cfg.detector)
     n = series.n_rows
     rows = [i for i in range(n) if all(v is not None for v in series.values[i])]
     rows.sort(key=lambda i: (series.ts[i], series.values[i]))
     state = logic.new_state()
     stage1 = [math.nan] * n
     stage2 = [-1.0] * n
+    anomaly = [math.nan] * n
     esc_rows: list[int] = []
     feats: list[tuple[float, ...]] = []
     for i in rows:
         res = logic.step(state, series.ts[i], series.values[i])
         stage1[i] = res.stage1
+        anomaly[i] = res.anomaly
         if res.escalated:
             esc_rows.append(i)
             feats.append(res.features)
@@ -366,7 +376,7 @@ def replay_stage_scores(series: Series, cfg: Config, model: Any) -> StageScores:
         calibrated = model.calibrated(np.asarray(feats, dtype=np.float64))
         for i, c in zip(esc_rows, calibrated, strict=True):
             stage2[i] = float(c)
-    return StageScores(tuple(stage1), tuple(stage2), len(rows), len(esc_rows))
+    return StageScores(tuple(stage1), tuple(stage2), len(rows), len(esc_rows), tuple(anomaly))
 
 
 @dataclass(frozen=True)
@@ -402,6 +412,10 @@ def _detect_streamsift(
     from streamsift.models.keylogic import KeyLogic
     from streamsift.pipeline.run import run_stream
 
+    if cfg.engine.mode != "per_element":
+        # the per-event scores output exists on the per-element engine only
+        _LOG.info("%s: evaluating with engine.mode = 'per_element'", series.name)
+        cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, mode="per_element"))
     payloads = series_payloads(series, cfg.input)
     res = run_stream(
         payloads,
@@ -411,8 +425,29 @@ def _detect_streamsift(
         runner=runner,
         print_alerts=False,
         show_progress=False,
+        emit_scores=True,
     )
-    feature_names = KeyLogic(series.fields, cfg.features, cfg.prefilter).feature_names
+    # every processed event's scores, from the pipeline's per-key stage
+    by_event: dict[tuple[int, tuple[float, ...]], list[int]] = {}
+    for i in series.time_order():
+        if all(v is not None for v in series.values[i]):
+            by_event.setdefault((_ms(series.ts[i]), series.values[i]), []).append(i)
+    n = series.n_rows
+    stage1 = [math.nan] * n
+    anomaly = [math.nan] * n
+    escalated = [False] * n
+    unmatched = 0
+    for r in sorted(res.extra["scores"], key=lambda r: (r["ts"], r["values"])):
+        rows = by_event.get((_ms(float(r["ts"])), tuple(float(v) for v in r["values"])))
+        if not rows:
+            unmatched += 1
+            continue
+        i = rows.pop(0)
+        stage1[i] = float(r["stage1"])
+        anomaly[i] = float(r["anomaly"])
+        escalated[i] = bool(r["escalated"])
+    # cross-check: a bounded replay of the same code must give the same scores
+    feature_names = KeyLogic(series.fields, cfg.features, cfg.prefilter, cfg.detector).feature_names
     replay = replay_stage_scores(series, cfg, load_artifact(model_path, feature_names))
     by_ms = _rows_by_ms(series)
     stage2 = list(replay.stage2)
@@ -420,22 +455,34 @@ def _detect_streamsift(
     for f in res.flagged:
         score = float(f["score"])
         rows = by_ms.get(_ms(float(f["ts"])), [])
-        escalated = [i for i in rows if stage2[i] >= 0.0]
-        match = next((i for i in escalated if abs(stage2[i] - score) <= 1e-9), None)
+        esc = [i for i in rows if stage2[i] >= 0.0]
+        match = next((i for i in esc if abs(stage2[i] - score) <= 1e-9), None)
         if match is None:
             mismatched += 1
-            match = escalated[0] if escalated else (rows[0] if rows else None)
         if match is not None:  # the pipeline's own value wins
             stage2[match] = score
+
+    def _same(a: float, b: float) -> bool:
+        return (math.isnan(a) and math.isnan(b)) or a == b
+
+    scores_mismatched = sum(
+        1
+        for i in range(n)
+        if not (_same(anomaly[i], replay.anomaly[i]) and _same(stage1[i], replay.stage1[i]))
+    )
     checks = {
-        "processed": [res.counter("processed"), replay.processed],
-        "escalated": [res.counter("escalated"), replay.escalated],
+        "processed": [res.counter("processed"), len(res.extra["scores"]), replay.processed],
+        "escalated": [res.counter("escalated"), sum(escalated), replay.escalated],
+        "scores_unmatched": unmatched,
+        "scores_mismatched": scores_mismatched,
         "flagged": len(res.flagged),
         "flagged_mismatched": mismatched,
     }
     consistent = (
-        checks["processed"][0] == checks["processed"][1]
-        and checks["escalated"][0] == checks["escalated"][1]
+        len(set(checks["processed"])) == 1
+        and len(set(checks["escalated"])) == 1
+        and unmatched == 0
+        and scores_mismatched == 0
         and mismatched == 0
     )
     if not consistent:
@@ -443,10 +490,13 @@ def _detect_streamsift(
             "%s: the replayed scores do not match the pipeline run: %s", series.name, checks
         )
     esc = cfg.prefilter.escalate_score
-    scores = tuple(
-        0.0 if math.isnan(s1) else event_score(s1, s2, esc)
-        for s1, s2 in zip(replay.stage1, stage2, strict=True)
-    )
+    if cfg.detector.enabled:
+        scores = tuple(0.0 if math.isnan(a) else a for a in anomaly)
+    else:
+        scores = tuple(
+            0.0 if math.isnan(s1) else event_score(s1, s2 if e else -1.0, esc)
+            for s1, s2, e in zip(stage1, stage2, escalated, strict=True)
+        )
     alerts = [False] * series.n_rows
     n_alerts = 0
     for a in res.alerts:

@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from streamsift.config import AlertConfig, ThresholdConfig
+from streamsift.models.seasonal import DETECTOR_REASON
 from streamsift.models.thresholds import (
     SEVERITIES,
     AdaptiveThreshold,
@@ -48,6 +49,7 @@ __all__ = [
     "RateLimitState",
     "RateLimiter",
     "alert_id_for",
+    "detector_verdict",
     "format_alert_line",
     "iso_ms",
 ]
@@ -102,6 +104,22 @@ def _summary(reasons: Sequence[Reason]) -> str:
         f"{r.feature} {_fmt(r.value)} vs baseline {_fmt(r.baseline)} ({r.deviation:+.1f}σ)"
         for r in reasons
     )
+
+
+def detector_verdict(scored: Scored) -> bool:
+    """True if the per-key seasonal detector escalated ``scored`` as an anomaly:
+    its first reason is the detector's line (``DETECTOR_REASON``) with a score at
+    or above the detector's alert level (see :meth:`KeyLogic.step`).
+
+    >>> from streamsift.records import Event
+    >>> ev = Event("k", 0.0, (9.0,))
+    >>> detector_verdict(Scored(ev, (), 0.0, (Reason("anomaly_score", 0.8, 0.5, 9.0),), True))
+    True
+    >>> detector_verdict(Scored(ev, (), 5.0, (Reason("x", 9.0, 1.0, 8.0),), True))
+    False
+    """
+    r = scored.reasons
+    return bool(r) and r[0].feature == DETECTOR_REASON and r[0].value >= r[0].baseline
 
 
 # --------------------------------------------------------------------------- state
@@ -197,7 +215,10 @@ class AlertLogic:
     For each event (``scored.stage2`` = calibrated score in [0, 1]):
 
     1. the key's threshold is computed from its earlier scores
-       (:class:`~streamsift.models.thresholds.AdaptiveThreshold`);
+       (:class:`~streamsift.models.thresholds.AdaptiveThreshold`); an event the
+       seasonal detector escalated (:func:`detector_verdict`) counts as at least
+       the threshold (its alert score is ``max(stage2, threshold)``): the
+       detector's likelihood score is already calibrated per key;
     2. below the threshold: the score is learnt, nothing is emitted;
     3. at or above it, with an open alert whose last event is at most
        ``alerts.cooldown_s`` of event time earlier: the event is absorbed
@@ -268,6 +289,22 @@ class AlertLogic:
         """
         return self._at.threshold(state.sketch)
 
+    def exceeds(self, state: AlertState, scored: Scored) -> bool:
+        """True if ``scored`` reaches the key's threshold (flagged): its stage-2
+        score does, or the detector escalated it. Read-only.
+
+        >>> from streamsift.config import AlertConfig, ThresholdConfig
+        >>> from streamsift.records import Event
+        >>> logic = AlertLogic(ThresholdConfig(), AlertConfig(), ["x"])
+        >>> ev = Event("k", 0.0, (9.0,))
+        >>> logic.exceeds(logic.new_state(), Scored(ev, (), 0.0, (), True, 0.5))
+        False
+        >>> det = (Reason("anomaly_score", 0.8, 0.5, 9.0),)
+        >>> logic.exceeds(logic.new_state(), Scored(ev, (), 0.0, det, True, 0.5))
+        True
+        """
+        return detector_verdict(scored) or scored.stage2 >= self._at.threshold(state.sketch)
+
     def step(self, state: AlertState, scored: Scored, detection_time: float) -> dict | None:
         """Process one stage-2-scored event; return the alert to emit, or None.
 
@@ -287,6 +324,9 @@ class AlertLogic:
         sketch = state.sketch
         at = self._at
         thr = at.threshold(sketch)
+        learnt = score
+        if score < thr and detector_verdict(scored):
+            score = thr
         if score < thr:
             at.learn_one(sketch, score)
             return None
@@ -302,7 +342,7 @@ class AlertLogic:
                 return None
             state.severity = sev
             return self._alert(state, scored, thr, detection_time, update=True)
-        at.learn_one(sketch, score)
+        at.learn_one(sketch, learnt)
         state.alert_id = alert_id_for(scored.event.key, ts)
         state.first_event_time = ts
         state.last_event_time = ts

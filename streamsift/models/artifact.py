@@ -57,6 +57,7 @@ __all__ = [
     "N_QUANTILES",
     "TrainedModel",
     "latest_artifact",
+    "list_versions",
     "load_artifact",
     "save_artifact",
     "train_model",
@@ -265,7 +266,60 @@ def _library_versions() -> dict[str, str]:
     }
 
 
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes, locally through ``open`` and elsewhere (``gs://``, ...) through
+    Beam's ``FileSystems``; a missing file raises ``FileNotFoundError``."""
+    if _is_local(path):
+        with open(path, "rb") as f:
+            return f.read()
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(path)
+    with FileSystems.open(path) as f:
+        return f.read()
+
+
+def _join(base: str, *parts: str) -> str:
+    if _is_local(base):
+        return os.path.join(base, *parts)
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(base, *parts)
+
+
+def _dirname(path: str) -> str:
+    if _is_local(path):
+        return os.path.dirname(path)
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.split(path)[0]
+
+
+def _remote_version_files(model_dir: str) -> dict[str, set[str]]:
+    """{version dir name: file names in it} under a non-local ``model_dir``."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = _join(model_dir, "*", "*")
+    (result,) = FileSystems.match([pattern])
+    prefix = _join(model_dir, "")
+    out: dict[str, set[str]] = {}
+    for meta in result.metadata_list:
+        rel = meta.path[len(prefix) :] if meta.path.startswith(prefix) else ""
+        name, _, file = rel.partition("/")
+        if name and file and "/" not in file:
+            out.setdefault(name, set()).add(file)
+    return out
+
+
 def _version_dirs(model_dir: str) -> list[tuple[int, str]]:
+    if not _is_local(model_dir):
+        names = list(_remote_version_files(model_dir))
+        return sorted((int(m.group(1)), n) for n in names if (m := _VERSION_RE.match(n)))
     try:
         names = os.listdir(model_dir)
     except FileNotFoundError:
@@ -276,6 +330,18 @@ def _version_dirs(model_dir: str) -> list[tuple[int, str]]:
         if m and os.path.isdir(os.path.join(model_dir, name)):
             out.append((int(m.group(1)), name))
     return sorted(out)
+
+
+def list_versions(model_dir: str) -> list[str]:
+    """Version directory names in ``model_dir``, oldest first (local or any Beam
+    file system, e.g. ``gs://``).
+
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     os.makedirs(os.path.join(d, "v0002")); os.makedirs(os.path.join(d, "v0001"))
+    ...     print(list_versions(d))
+    ['v0001', 'v0002']
+    """
+    return [name for _, name in _version_dirs(model_dir)]
 
 
 def save_artifact(
@@ -363,12 +429,19 @@ def save_artifact(
 
 
 def latest_artifact(model_dir: str) -> str | None:
-    """Path of the newest complete artifact's ``model.joblib``, or None.
+    """Path of the newest complete artifact's ``model.joblib``, or None (local or any
+    Beam file system, e.g. ``gs://``).
 
     >>> with tempfile.TemporaryDirectory() as d:
     ...     print(latest_artifact(d))
     None
     """
+    if not _is_local(model_dir):
+        files = _remote_version_files(model_dir)
+        for _, name in reversed(_version_dirs(model_dir)):
+            if {MODEL_FILE, METADATA_FILE} <= files[name]:
+                return _join(model_dir, name, MODEL_FILE)
+        return None
     for _, name in reversed(_version_dirs(model_dir)):
         base = os.path.join(model_dir, name)
         model_path = os.path.join(base, MODEL_FILE)
@@ -437,10 +510,9 @@ def _schema_diff(expected: Sequence[str], actual: Sequence[str]) -> str:
 
 
 def _read_manifest(model_path: str) -> dict[str, Any]:
-    meta_path = os.path.join(os.path.dirname(model_path), METADATA_FILE)
+    meta_path = _join(_dirname(model_path), METADATA_FILE)
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            text = f.read()
+        text = _read_bytes(meta_path).decode("utf-8")
     except FileNotFoundError:
         raise ArtifactError(
             f"manifest {meta_path} is missing; refusing to load {model_path}"
@@ -504,8 +576,7 @@ def load_artifact(
     """
     meta = _read_manifest(model_path)
     try:
-        with open(model_path, "rb") as f:
-            blob = f.read()
+        blob = _read_bytes(model_path)
     except FileNotFoundError:
         raise ArtifactError(f"model file {model_path} is missing") from None
     except OSError as exc:

@@ -6,14 +6,19 @@ std, min, max, count and rate per field and horizon; the model input vector)
 and :class:`~streamsift.models.prefilter.Prefilter` (per-signal
 :class:`~streamsift.models.prefilter.EWMAZScore` or
 :class:`~streamsift.models.prefilter.MADZScore` baselines; the stage-1 score and
-reasons). It holds no per-key data: everything a key needs lives in a
+reasons) and, unless disabled, :class:`~streamsift.models.seasonal.SeasonalDetector`
+(seasonal/level/range baselines with an anomaly-likelihood score in [0, 1],
+``StepResult.anomaly``). It holds no per-key data: everything a key needs lives in a
 :class:`KeyState` that the caller keeps (a Beam state cell in the pipeline) and
 that round-trips through :meth:`KeyLogic.encode_state` /
 :meth:`KeyLogic.decode_state` as a compact explicit little-endian binary (no
-pickle; 1.6-1.9 KB for 8 fields and 3 horizons). ``step`` is causal: the
+pickle; 1.6-1.9 KB for 8 fields and 3 horizons without the detector, plus its
+float32 buffer, ``4 * (17 + F * (6 * season_bins + 7))`` bytes: 4.7 KB for 4
+fields and 48 bins; 0.9 + 4.7 = 5.7 KB per key for 4 fields with the defaults).
+``step`` is causal: the
 features and the score of an event are computed from the state before it, then
-the state learns the event. State per key is O(fields x horizons), independent
-of the event rate.
+the state learns the event. State per key is O(fields x (horizons + season_bins)),
+independent of the event rate.
 
 >>> from streamsift.config import FeatureConfig, PrefilterConfig
 >>> logic = KeyLogic(("cpu", "lat"), FeatureConfig(), PrefilterConfig(warmup_events=5))
@@ -32,24 +37,38 @@ True
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
-from streamsift.config import FeatureConfig, PrefilterConfig
+from streamsift.config import DetectorConfig, FeatureConfig, PrefilterConfig
 from streamsift.models.features import MAX_ABS_VALUE, MAX_DT_S, RollingFeatures
 from streamsift.models.prefilter import Prefilter
+from streamsift.models.seasonal import DETECTOR_REASON, DetectorResult, SeasonalDetector
 from streamsift.records import Reason
 
 __all__ = ["KeyState", "StepResult", "KeyLogic", "compute_features"]
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 3
 _METHOD_CODES = {"ewma": 0, "mad": 1}
 #: version, method, n_fields, n_horizons, n events, first_ts, last_ts
 _HEADER = struct.Struct("<BBHHQdd")  # module level: KeyLogic itself stays picklable
 _Z_CLIP = 50.0
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _f32_bytes(buf: array | list[float]) -> bytes:
+    """Little-endian float32 bytes of a detector buffer."""
+    if not isinstance(buf, array) or buf.typecode != "f":
+        buf = array("f", buf)
+    if _BIG_ENDIAN:
+        buf = array("f", buf)
+        buf.byteswap()
+    return buf.tobytes()
 
 
 @dataclass
@@ -59,7 +78,9 @@ class KeyState:
     * ``n``: events processed for the key;
     * ``first_ts`` / ``last_ts``: event time of its first and latest event;
     * ``rolling``: rolling-feature buffer (layout: :class:`RollingFeatures`);
-    * ``prefilter``: stage-1 buffer (layout: :class:`Prefilter`).
+    * ``prefilter``: stage-1 buffer (layout: :class:`Prefilter`);
+    * ``detector``: :class:`SeasonalDetector` buffer (float32 ``array("f")``;
+      an empty list when disabled).
 
     >>> KeyState().n
     0
@@ -70,6 +91,7 @@ class KeyState:
     last_ts: float = 0.0
     rolling: list[float] = field(default_factory=list)
     prefilter: list[float] = field(default_factory=list)
+    detector: array | list[float] = field(default_factory=list)
 
 
 class StepResult(NamedTuple):
@@ -83,11 +105,16 @@ class StepResult(NamedTuple):
     features: tuple[float, ...]
     #: stage-1 suspicion score, >= 0, higher = more anomalous
     stage1: float
-    #: most deviating stage-1 signals first (at most 5); filled only when
-    #: stage1 >= escalate_score (warm-up included), else () - saves time per event
+    #: most deviating stage-1 signals first (at most 5 of them); filled only when
+    #: stage1 >= escalate_score (warm-up included), else () - saves time per event.
+    #: When the detector escalates, its verdict comes first: a ``DETECTOR_REASON``
+    #: line (value = anomaly, baseline = alert_score, deviation = largest z), then
+    #: 1-3 ``<field>.seasonal`` / ``<field>.level`` lines (value, baseline mean, z).
     reasons: tuple[Reason, ...]
-    #: stage1 >= escalate_score and the key is past its warm-up
+    #: see :meth:`KeyLogic.step` (which events go to stage 2)
     escalated: bool
+    #: SeasonalDetector score in [0, 1] (likelihood-normalised; 0 when disabled)
+    anomaly: float = 0.0
 
 
 class KeyLogic:
@@ -108,7 +135,7 @@ class KeyLogic:
     ('x.log_ratio', 'log_gap_rel', 's1.x', 's1.interarrival_s')
     >>> s = logic.new_state()
     >>> logic.step(s, 0.0, [1.0])
-    StepResult(features=(0.0, 0.0, 0.0, 0.0), stage1=0.0, reasons=(), escalated=False)
+    StepResult(features=(0.0, 0.0, 0.0, 0.0), stage1=0.0, reasons=(), escalated=False, anomaly=0.0)
     >>> logic.decode_state(logic.encode_state(s)) == s
     True
     """
@@ -118,7 +145,12 @@ class KeyLogic:
         field_names: Sequence[str],
         features: FeatureConfig,
         prefilter: PrefilterConfig,
+        detector: DetectorConfig | None = None,
     ) -> None:
+        if detector is None:
+            detector = DetectorConfig()
+        if not isinstance(detector, DetectorConfig):
+            raise ValueError(f"detector must be a DetectorConfig; got {type(detector).__name__}")
         if not isinstance(features, FeatureConfig):
             raise ValueError(f"features must be a FeatureConfig; got {type(features).__name__}")
         if not isinstance(prefilter, PrefilterConfig):
@@ -139,6 +171,14 @@ class KeyLogic:
         ) + tuple(f"s1.{name}" for name in self.signal_names)
         self.features_config = features
         self.prefilter_config = prefilter
+        self.detector_config = detector
+        self._detector = SeasonalDetector(self.field_names, detector) if detector.enabled else None
+        self._det_size = self._detector.size if self._detector is not None else 0
+        self._det_escalate = self._detector is not None and detector.escalate
+        self._alert_score = detector.alert_score
+        self._det_warmup = detector.warmup_events
+        # the event-rate signal: the detector models values, not the rate
+        self._rate_signal = self.signal_names[len(self.field_names)]
         self._n_fields = len(self.field_names)
         self._warmup = prefilter.warmup_events
         self._threshold = prefilter.escalate_score
@@ -146,16 +186,31 @@ class KeyLogic:
         self._n_floats = self._rolling.size + self._prefilter.size
         # a format string, not a struct.Struct, so that KeyLogic stays picklable
         self._body_fmt = f"<{self._n_floats}d"
-        self.state_size = _HEADER.size + struct.calcsize(self._body_fmt)
+        self._body_size = struct.calcsize(self._body_fmt)
+        # the detector buffer follows as little-endian float32
+        self.state_size = _HEADER.size + self._body_size + 4 * self._det_size
 
     def new_state(self) -> KeyState:
         """Empty state of a key that has not been seen yet."""
-        return KeyState(rolling=self._rolling.new_buffer(), prefilter=self._prefilter.new_buffer())
+        return KeyState(
+            rolling=self._rolling.new_buffer(),
+            prefilter=self._prefilter.new_buffer(),
+            detector=self._detector.new_buffer() if self._detector is not None else [],
+        )
 
     def step(self, state: KeyState, ts: float, values: Sequence[float]) -> StepResult:
         """Score one event of the key at event time ``ts`` (epoch seconds), then
         learn it (mutates ``state``). Events should come in nondecreasing ``ts``;
-        an older one counts as no elapsed time."""
+        an older one counts as no elapsed time.
+
+        Escalation (the events stage 2 and the alert stage see): past the stage-1
+        warm-up, ``stage1 >= escalate_score``. With ``detector.escalate`` (the
+        default), once the key's detector is past its own warm-up it decides
+        instead: an event whose ``anomaly >= alert_score`` is escalated with the
+        detector's reasons first (the alert stage alerts on it, see
+        :class:`~streamsift.models.alerting.AlertLogic`), and stage 1 escalates
+        only events whose most deviating signal is the event rate
+        (``interarrival_s``, which the detector does not model)."""
         nf = self._n_fields
         if len(values) != nf:
             raise ValueError(
@@ -189,6 +244,9 @@ class KeyLogic:
         rolling = self._rolling
         feats = rolling.step(state.rolling, rolling.decays(dt), dt, age, xs)
         score, reasons, zs = self._prefilter.step(state.prefilter, n, dt, xs)
+        det = self._detector
+        dres = det.step(state.detector, ts, xs) if det is not None else None
+        anomaly = dres.score if dres is not None else 0.0
         state.n = n + 1
         # The stage-1 deviations join the model input: their baselines do not
         # learn from flagged points, so a persisting anomaly stays visible to
@@ -198,7 +256,33 @@ class KeyLogic:
             *[feats[i] for i in self._model_idx],
             *(lim if z > lim else (-lim if z < -lim else z) for z in zs),
         )
-        return StepResult(feats, score, reasons, n >= self._warmup and score >= self._threshold)
+        if self._det_escalate and n + 1 >= self._det_warmup:
+            if anomaly >= self._alert_score:
+                escalated = True
+                reasons = self._detector_reasons(dres) + reasons
+            else:
+                escalated = (
+                    score >= self._threshold
+                    and bool(reasons)
+                    and reasons[0].feature == self._rate_signal
+                )
+        else:
+            escalated = n >= self._warmup and score >= self._threshold
+        return StepResult(feats, score, reasons, escalated, anomaly)
+
+    def _detector_reasons(self, dres: DetectorResult) -> tuple[Reason, ...]:
+        """The detector's verdict line, then its most deviating fields (|z| >= 3,
+        at least one, at most 3)."""
+        order = sorted(range(len(dres.deviations)), key=lambda j: -dres.deviations[j][0])
+        top = dres.deviations[order[0]]
+        out = [Reason(DETECTOR_REASON, dres.score, self._alert_score, top[3])]
+        for k, j in enumerate(order[:3]):
+            az, x, base, z, seasonal = dres.deviations[j]
+            if k and az < 3.0:
+                break
+            kind = "seasonal" if seasonal else "level"
+            out.append(Reason(f"{self.field_names[j]}.{kind}", x, base, z))
+        return tuple(out)
 
     def describe(
         self, state: KeyState, ts: float, values: Sequence[float] | None = None
@@ -222,23 +306,32 @@ class KeyLogic:
     # -- serialisation -------------------------------------------------------
     def encode_state(self, state: KeyState) -> bytes:
         """Compact little-endian binary of ``state``: a 30-byte header
-        (version, method, field and horizon counts, event count, first/last ts)
-        followed by the float64 buffers."""
+        (version, method, field and horizon counts, event count, first/last ts),
+        the float64 rolling and stage-1 buffers, then the float32 detector buffer."""
         n_rolling = len(state.rolling)
-        if n_rolling + len(state.prefilter) != self._n_floats or n_rolling != self._rolling.size:
+        if (
+            n_rolling != self._rolling.size
+            or len(state.prefilter) != self._prefilter.size
+            or len(state.detector) != self._det_size
+        ):
             raise ValueError(
-                f"state buffers must hold {self._rolling.size} + {self._prefilter.size} floats "
-                f"for this KeyLogic; got {n_rolling} + {len(state.prefilter)}"
+                f"state buffers must hold {self._rolling.size} + {self._prefilter.size} + "
+                f"{self._det_size} floats for this KeyLogic; got {n_rolling} + "
+                f"{len(state.prefilter)} + {len(state.detector)}"
             )
-        return _HEADER.pack(
-            _FORMAT_VERSION,
-            self._method_code,
-            self._n_fields,
-            self._rolling.n_horizons,
-            state.n,
-            state.first_ts,
-            state.last_ts,
-        ) + struct.pack(self._body_fmt, *state.rolling, *state.prefilter)
+        return (
+            _HEADER.pack(
+                _FORMAT_VERSION,
+                self._method_code,
+                self._n_fields,
+                self._rolling.n_horizons,
+                state.n,
+                state.first_ts,
+                state.last_ts,
+            )
+            + struct.pack(self._body_fmt, *state.rolling, *state.prefilter)
+            + _f32_bytes(state.detector)
+        )
 
     def decode_state(self, data: bytes) -> KeyState:
         """Inverse of :meth:`encode_state`; rejects data of another layout."""
@@ -258,7 +351,13 @@ class KeyLogic:
             )
         body = list(struct.unpack_from(self._body_fmt, data, _HEADER.size))
         k = self._rolling.size
-        return KeyState(n, first_ts, last_ts, body[:k], body[k:])
+        detector: array | list[float] = []
+        if self._det_size:
+            detector = array("f")
+            detector.frombytes(data[_HEADER.size + self._body_size :])
+            if _BIG_ENDIAN:
+                detector.byteswap()
+        return KeyState(n, first_ts, last_ts, body[:k], body[k:], detector)
 
 
 def compute_features(

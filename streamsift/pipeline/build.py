@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.transforms.window import FixedWindows
+from apache_beam.transforms.window import FixedWindows, GlobalWindows
 
 from streamsift.config import Config
 from streamsift.models.keylogic import KeyLogic
@@ -25,7 +25,13 @@ from streamsift.transforms.sinks import (
     late_event_to_dict,
 )
 
-__all__ = ["OutputPaths", "build_detection", "attach_file_sinks", "feature_names_for"]
+__all__ = [
+    "OutputPaths",
+    "build_detection",
+    "attach_file_sinks",
+    "feature_names_for",
+    "replay_and_detect",
+]
 
 
 @dataclass(frozen=True)
@@ -49,13 +55,17 @@ class OutputPaths:
 
 
 def feature_names_for(cfg: Config) -> tuple[str, ...]:
-    return KeyLogic(cfg.input.feature_fields, cfg.features, cfg.prefilter).feature_names
+    return KeyLogic(
+        cfg.input.feature_fields, cfg.features, cfg.prefilter, cfg.detector
+    ).feature_names
 
 
 def build_detection(
     payloads: beam.PCollection,
     cfg: Config,
     model_path: str,
+    *,
+    emit_scores: bool = False,
 ) -> dict[str, beam.PCollection]:
     """Wire the detection stages onto a PCollection of raw payload bytes.
 
@@ -63,13 +73,20 @@ def build_detection(
     (key, ts, score, label) tuples, ``dead_letter`` (DeadLetter), ``late``
     (LateEvent) and ``scored`` (stage-2 Scored records). With
     ``model.watch_interval_s > 0`` the model handler picks up newer artifacts
-    from ``model.dir`` without a restart (on every runner).
+    from ``model.dir`` without a restart (on every runner). With ``emit_scores``
+    there is also ``scores``: one :data:`~streamsift.transforms.keyed.ScoreRow`
+    per processed event (stage-1 and detector scores; for evaluation).
     """
     feature_names = feature_names_for(cfg)
     ordered = cfg.event_time.ordering == "event_time"
     parsed = payloads | "Parse" >> ParseEvents(cfg.input)
     detected = parsed["events"] | "DetectPerKey" >> DetectPerKey(
-        cfg.input.feature_fields, cfg.features, cfg.prefilter, cfg.event_time
+        cfg.input.feature_fields,
+        cfg.features,
+        cfg.prefilter,
+        cfg.event_time,
+        cfg.detector,
+        emit_scores=emit_scores,
     )
     # Small event-time windows let RunInference batch across keys while its
     # batches keep timestamps that hold the watermark (see transforms/alerts.py).
@@ -86,8 +103,12 @@ def build_detection(
         )
     )
     # Key-expired markers join the scored records so the alert stage forgets a
-    # key exactly when the per-key stage does.
-    to_alert = (scored, detected["expired"]) | "WithKeyExpiry" >> beam.Flatten()
+    # key exactly when the per-key stage does. Flatten needs one windowing for
+    # all its inputs (portable runners decode the output with the first input's
+    # window coder), so the scored records go back to the global window first;
+    # the alert stage works in the global window anyway.
+    scored_global = scored | "ScoredToGlobal" >> beam.WindowInto(GlobalWindows())
+    to_alert = (scored_global, detected["expired"]) | "WithKeyExpiry" >> beam.Flatten()
     alerting = to_alert | "AlertPerKey" >> AlertPerKey(
         cfg.thresholds,
         cfg.alerts,
@@ -95,12 +116,16 @@ def build_detection(
         ordered=ordered,
     )
     alerts = alerting["alerts"] | "RateLimit" >> RateLimitAlerts(cfg.alerts)
+    extra = {"scores": detected["scores"]} if emit_scores else {}
     return {
+        **extra,
         "alerts": alerts,
         "flagged": alerting["flagged"],
         "dead_letter": parsed["dead_letter"],
         "late": detected["late"],
         "scored": scored,
+        # parsed events (the broker runner's optional processed-ids audit)
+        "events": parsed["events"],
     }
 
 
@@ -118,3 +143,32 @@ def attach_file_sinks(
     )
     if print_alerts:
         outputs["alerts"] | "PrintAlerts" >> PrintAlerts()
+
+
+def replay_and_detect(
+    pipeline: beam.Pipeline,
+    payloads,
+    cfg: Config,
+    model_path: str,
+    chunk_size: int = 500,
+    *,
+    emit_scores: bool = False,
+) -> dict[str, beam.PCollection]:
+    """Replay ``payloads`` (arrival order) and wire the detection stages of
+    ``cfg.engine.mode``: per element (:func:`build_detection`) or micro-batched
+    (:func:`streamsift.transforms.batched.build_batched_detection`, which has no
+    ``scored`` / ``events`` outputs, nor ``scores`` yet: ``emit_scores`` needs
+    the per-element engine)."""
+    from streamsift.transforms.source import ReplayStream
+
+    if cfg.engine.mode == "batched":
+        if emit_scores:
+            raise ValueError(
+                "emit_scores needs engine.mode = 'per_element'; got engine.mode = 'batched'"
+            )
+        from streamsift.transforms.batched import ReplayChunks, build_batched_detection
+
+        chunks = pipeline | "Source" >> ReplayChunks(payloads, cfg.input, chunk_size=chunk_size)
+        return build_batched_detection(chunks, cfg, model_path)
+    source = pipeline | "Source" >> ReplayStream(payloads, cfg.input, chunk_size=chunk_size)
+    return build_detection(source, cfg, model_path, emit_scores=emit_scores)

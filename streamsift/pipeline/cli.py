@@ -41,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(run)
     run.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
     run.add_argument(
-        "--source", choices=["synthetic", "file"], default=None, help="event source (synthetic)"
+        "--source",
+        choices=["synthetic", "file", "kafka", "pubsub"],
+        default=None,
+        help="event source (synthetic)",
     )
     run.add_argument("--path", help="JSONL file of events for --source file")
     run.add_argument("--out-dir", help="directory for alerts / dead letters / late (output.dir)")
@@ -50,10 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="synthetic seed (synthetic.seed)")
     run.add_argument("--ordering", choices=["event_time", "arrival"], help="event_time.ordering")
     run.add_argument("--allowed-lateness", type=float, help="event_time.allowed_lateness_s")
+    run.add_argument(
+        "--engine",
+        choices=["per_element", "batched"],
+        help="engine.mode: per-element stages or micro-batches per shard (same alerts)",
+    )
     run.add_argument("--retrain", action="store_true", help="train a new model before running")
     run.add_argument("--no-print", action="store_true", help="do not print alerts")
     run.add_argument("--quiet", action="store_true", help="no progress line, no alerts")
     run.add_argument("--summary-json", help="also write the summary as JSON to this file")
+    from streamsift.io import cli as io_cli
+
+    io_cli.add_arguments(run)
 
     train = sub.add_parser("train", help="train a model artifact from a JSONL history of events")
     _add_common(train)
@@ -105,8 +116,12 @@ def _config(args: argparse.Namespace) -> Config:
                 "synthetic.seed": args.seed,
                 "event_time.ordering": args.ordering,
                 "event_time.allowed_lateness_s": args.allowed_lateness,
+                "engine.mode": args.engine,
             }
         )
+        from streamsift.io import cli as io_cli
+
+        overrides.update(io_cli.overrides(args, cfg))
     return apply_overrides(cfg, overrides)
 
 
@@ -131,6 +146,32 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _runner_problem(runner: str, beam_args: Sequence[str]) -> str | None:
+    """Why ``runner`` cannot start with these Beam flags (one line), or None.
+
+    Checked before any training so a missing Prism binary or Flink jar is a
+    one-line error, not a traceback minutes later.
+
+    >>> _runner_problem("NoSuchRunner", [])
+    "runner must be one of ['DirectRunner', 'PrismRunner', 'FlinkRunner', 'DataflowRunner']; got 'NoSuchRunner'"
+    >>> _runner_problem("PrismRunner", ["--prism_location=/nonexistent/prism"])
+    "--prism_location must be an existing file; got '/nonexistent/prism'"
+    >>> _runner_problem("DirectRunner", []) is None
+    True
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from streamsift.pipeline.options import RUNNERS, local_runner_settings
+
+    if runner not in RUNNERS:
+        return f"runner must be one of {list(RUNNERS)}; got {runner!r}"
+    try:
+        local_runner_settings(runner, PipelineOptions(list(beam_args)), os.environ)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _cmd_run(args: argparse.Namespace, cfg: Config, beam_args: list[str]) -> int:
     from streamsift.pipeline.console import console
     from streamsift.pipeline.run import (
@@ -142,6 +183,16 @@ def _cmd_run(args: argparse.Namespace, cfg: Config, beam_args: list[str]) -> int
 
     if args.quiet:
         console.enabled = False
+    if getattr(args, "print_config", False) or args.source in ("kafka", "pubsub"):
+        from streamsift.io import cli as io_cli
+
+        if args.print_config:
+            return io_cli.print_config(cfg)
+        return io_cli.cmd_run_broker(args, cfg, beam_args)
+    problem = _runner_problem(args.runner, beam_args)
+    if problem:
+        print(f"streamsift run: {problem}", file=sys.stderr)
+        return 2
     evaluation = None
     if args.source == "file":
         if not args.path:

@@ -27,12 +27,11 @@ from streamsift.models.artifact import (
 from streamsift.models.keylogic import KeyLogic, compute_features
 from streamsift.models.thresholds import Calibrator
 from streamsift.parsing import EventParser
-from streamsift.pipeline.build import OutputPaths, attach_file_sinks, build_detection
+from streamsift.pipeline.build import OutputPaths, attach_file_sinks, replay_and_detect
 from streamsift.pipeline.console import console
 from streamsift.pipeline.options import make_runner, streaming_options
 from streamsift.records import Event
 from streamsift.transforms import sinks
-from streamsift.transforms.source import ReplayStream
 
 __all__ = [
     "RunResult",
@@ -59,7 +58,7 @@ def train_from_payloads(payloads: Iterable[bytes], cfg: Config, model_dir: str) 
     events = [e for e in (parser.parse(p) for p in payloads) if isinstance(e, Event)]
     if not events:
         raise ValueError("training input has no valid events")
-    logic = KeyLogic(cfg.input.feature_fields, cfg.features, cfg.prefilter)
+    logic = KeyLogic(cfg.input.feature_fields, cfg.features, cfg.prefilter, cfg.detector)
     rows, X, _stage1 = compute_features(logic, [(e.key, e.ts, e.values) for e in events])
     # Skip each key's warm-up: its features describe an empty baseline.
     seen: Counter[str] = Counter()
@@ -107,7 +106,7 @@ def ensure_model(cfg: Config, model_dir: str | None = None) -> str:
     """Reuse the newest valid artifact for this feature schema, or train one on
     a synthetic history."""
     model_dir = model_dir or cfg.model.dir
-    logic = KeyLogic(cfg.input.feature_fields, cfg.features, cfg.prefilter)
+    logic = KeyLogic(cfg.input.feature_fields, cfg.features, cfg.prefilter, cfg.detector)
     path = latest_artifact(model_dir)
     if path is not None:
         try:
@@ -174,19 +173,30 @@ def run_stream(
     print_alerts: bool = True,
     show_progress: bool = True,
     chunk_size: int = 500,
+    emit_scores: bool = False,
 ) -> RunResult:
-    """Replay ``payloads`` in arrival order through the streaming pipeline."""
+    """Replay ``payloads`` in arrival order through the streaming pipeline.
+
+    ``emit_scores`` (per-element engine only): also write every processed
+    event's stage-1 and detector scores to ``<out_dir>/scores.jsonl`` and return
+    them in ``extra["scores"]`` (dicts: key, ts, values, stage1, anomaly, escalated).
+    """
     paths = OutputPaths.in_dir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     sinks.close_all()
-    for p in paths.all():
+    scores_path = os.path.join(out_dir, "scores.jsonl")
+    for p in (*paths.all(), scores_path):
         if os.path.exists(p):
             os.remove(p)
     options = streaming_options(list(beam_args))
     pipeline = beam.Pipeline(runner=make_runner(runner), options=options)
-    source = pipeline | "Source" >> ReplayStream(payloads, cfg.input, chunk_size=chunk_size)
-    outputs = build_detection(source, cfg, model_path)
+    # engine.mode picks the per-element or the micro-batched stages
+    outputs = replay_and_detect(
+        pipeline, payloads, cfg, model_path, chunk_size=chunk_size, emit_scores=emit_scores
+    )
     attach_file_sinks(outputs, paths, print_alerts=print_alerts)
+    if emit_scores:
+        outputs["scores"] | "WriteScores" >> sinks.WriteJsonLines(scores_path, _score_row_dict)
 
     start = time.monotonic()
     result = pipeline.run()
@@ -219,7 +229,20 @@ def run_stream(
         flagged=read_jsonl(paths.flagged),
         elapsed_s=elapsed,
         paths=paths,
+        extra={"scores": read_jsonl(scores_path)} if emit_scores else {},
     )
+
+
+def _score_row_dict(row: tuple) -> dict[str, Any]:
+    key, ts, values, stage1, anomaly, escalated = row
+    return {
+        "key": key,
+        "ts": ts,
+        "values": list(values),
+        "stage1": stage1,
+        "anomaly": anomaly,
+        "escalated": escalated,
+    }
 
 
 def _pct(x: float) -> str:

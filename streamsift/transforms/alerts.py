@@ -160,7 +160,7 @@ class AlertPerKeyFn(beam.DoFn):
                 continue
             ended = False
             self._scored.inc()
-            flagged = s.stage2 >= self._logic.threshold(state)
+            flagged = self._logic.exceeds(state, s)
             alert = self._logic.step(state, s, now)
             if flagged:
                 self._flagged.inc()

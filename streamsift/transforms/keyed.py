@@ -19,6 +19,13 @@ more than the allowed lateness older than its key's newest event is late.
 
 Idle keys: an event-time timer clears all of a key's state ``idle_ttl_s`` after
 its last event, so memory stays bounded under key churn.
+
+The per-key :class:`~streamsift.models.seasonal.SeasonalDetector` runs inside
+:class:`~streamsift.models.keylogic.KeyLogic` with the ``[detector]`` settings
+passed in. With ``emit_scores=True`` (off by default: the streaming job pays
+nothing for it) every processed event also goes to the ``scores`` output as a
+:data:`ScoreRow` ``(key, ts, values, stage1, anomaly, escalated)``, so a bounded
+evaluation reads every event's scores from the pipeline itself.
 """
 
 from __future__ import annotations
@@ -38,16 +45,30 @@ from apache_beam.transforms.userstate import (
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
-from streamsift.config import EventTimeConfig, FeatureConfig, PrefilterConfig
+from streamsift.config import DetectorConfig, EventTimeConfig, FeatureConfig, PrefilterConfig
 from streamsift.models.keylogic import KeyLogic
 from streamsift.records import Event, LateEvent, Scored, key_expired_marker
 from streamsift.transforms.coders import EventCoder
 
-__all__ = ["DetectPerKey", "DetectPerKeyFn", "LATE_TAG", "EXPIRED_TAG", "Meta"]
+__all__ = [
+    "DetectPerKey",
+    "DetectPerKeyFn",
+    "LATE_TAG",
+    "EXPIRED_TAG",
+    "SCORES_TAG",
+    "Meta",
+    "ScoreRow",
+    "score_row",
+]
 
 NAMESPACE = "streamsift"
 LATE_TAG = "late"
 EXPIRED_TAG = "expired"
+SCORES_TAG = "scores"
+
+#: one processed event on the ``scores`` output:
+#: (key, ts, values, stage1, anomaly, escalated)
+ScoreRow = tuple[str, float, tuple[float, ...], float, float, bool]
 
 _INF = float("inf")
 _META = struct.Struct("<dddddq")
@@ -104,8 +125,26 @@ def _sort_key(e: Event) -> tuple:
     return (e.ts, e.values, e.label)
 
 
+def score_row(event: Event, stage1: float, anomaly: float, escalated: bool) -> ScoreRow:
+    """The ``scores`` output row of a processed event (plain values only).
+
+    >>> score_row(Event("k", 60.0, (1.0, 2.0)), 0.5, 0.25, False)
+    ('k', 60.0, (1.0, 2.0), 0.5, 0.25, False)
+    """
+    return (
+        event.key,
+        float(event.ts),
+        tuple(event.values),
+        float(stage1),
+        float(anomaly),
+        bool(escalated),
+    )
+
+
 class DetectPerKeyFn(beam.DoFn):
-    """(key, Event) -> Scored (escalated only) | LateEvent (tagged ``late``)."""
+    """(key, Event) -> Scored (escalated only) | LateEvent (tagged ``late``) |
+    key-expired markers (tagged ``expired``) | with ``emit_scores``, a
+    :data:`ScoreRow` per processed event (tagged ``scores``)."""
 
     META = ReadModifyWriteStateSpec("meta", coders.BytesCoder())
     LOGIC = ReadModifyWriteStateSpec("logic", coders.BytesCoder())
@@ -119,16 +158,20 @@ class DetectPerKeyFn(beam.DoFn):
         features: FeatureConfig,
         prefilter: PrefilterConfig,
         event_time: EventTimeConfig,
+        detector: DetectorConfig | None = None,
+        emit_scores: bool = False,
     ) -> None:
         self._field_names = tuple(field_names)
         self._features = features
         self._prefilter = prefilter
+        self._detector = detector if detector is not None else DetectorConfig()
+        self._emit_scores = bool(emit_scores)
         self._lateness = float(event_time.allowed_lateness_s)
         self._ttl = float(event_time.idle_ttl_s)
         self._ordered = event_time.ordering == "event_time"
 
     def setup(self) -> None:
-        self._logic = KeyLogic(self._field_names, self._features, self._prefilter)
+        self._logic = KeyLogic(self._field_names, self._features, self._prefilter, self._detector)
         self._processed = Metrics.counter(NAMESPACE, "processed")
         self._escalated = Metrics.counter(NAMESPACE, "escalated")
         self._late = Metrics.counter(NAMESPACE, "late")
@@ -166,9 +209,11 @@ class DetectPerKeyFn(beam.DoFn):
             meta.expire_at = target
             expire_timer.set(Timestamp(micros=_micros(target)))
 
-    def _step(self, state, event: Event, meta: Meta):
+    def _step(self, state, event: Event, meta: Meta, rows: list | None = None):
         res = self._logic.step(state, event.ts, event.values)
         self._processed.inc()
+        if rows is not None:
+            rows.append(score_row(event, res.stage1, res.anomaly, res.escalated))
         if res.escalated:
             self._escalated.inc()
             seq = meta.next_seq
@@ -213,12 +258,15 @@ class DetectPerKeyFn(beam.DoFn):
             return
         raw = logic_state.read()
         state = self._logic.decode_state(raw) if raw is not None else self._logic.new_state()
-        scored = self._step(state, event, meta)
+        rows = [] if self._emit_scores else None
+        scored = self._step(state, event, meta, rows)
         logic_state.write(self._logic.encode_state(state))
         meta.last_ts = max(meta.last_ts, event.ts)
         meta.released_until = meta.last_ts - self._lateness
         self._arm_expiry(meta, expire_timer)
         meta_state.write(meta.encode())
+        if rows:
+            yield pvalue.TaggedOutput(SCORES_TAG, TimestampedValue(rows[0], event.ts))
         if scored is not None:
             yield TimestampedValue(scored, event.ts)
 
@@ -245,12 +293,13 @@ class DetectPerKeyFn(beam.DoFn):
             else:
                 later.append(e)
         out = []
+        rows = [] if self._emit_scores else None
         if ready:
             ready.sort(key=_sort_key)
             raw = logic_state.read()
             state = self._logic.decode_state(raw) if raw is not None else self._logic.new_state()
             for e in ready:
-                scored = self._step(state, e, meta)
+                scored = self._step(state, e, meta, rows)
                 if scored is not None:
                     out.append(scored)
             logic_state.write(self._logic.encode_state(state))
@@ -275,6 +324,9 @@ class DetectPerKeyFn(beam.DoFn):
         # from Scored.seq (a timer set in the past fires behind the watermark).
         for s in out:
             yield TimestampedValue(s, fire_ts)
+        if rows:
+            for r in rows:
+                yield pvalue.TaggedOutput(SCORES_TAG, TimestampedValue(r, fire_ts))
 
     @on_timer(EXPIRE)
     def on_expire(
@@ -320,7 +372,11 @@ def _key_event(e: Event) -> tuple[str, Event]:
 
 class DetectPerKey(beam.PTransform):
     """PCollection[Event] -> {"escalated": PCollection[Scored], "late": PCollection[LateEvent],
-    "expired": key-expired markers (Scored, see :func:`streamsift.records.key_expired_marker`)}."""
+    "expired": key-expired markers (Scored, see :func:`streamsift.records.key_expired_marker`)}
+    and, with ``emit_scores=True``, "scores": a :data:`ScoreRow` per processed event.
+
+    ``detector`` configures the per-key seasonal detector (default ``DetectorConfig()``).
+    """
 
     def __init__(
         self,
@@ -328,17 +384,27 @@ class DetectPerKey(beam.PTransform):
         features: FeatureConfig,
         prefilter: PrefilterConfig,
         event_time: EventTimeConfig,
+        detector: DetectorConfig | None = None,
+        *,
+        emit_scores: bool = False,
     ) -> None:
         super().__init__()
-        self._fn = DetectPerKeyFn(field_names, features, prefilter, event_time)
+        self._emit_scores = bool(emit_scores)
+        self._fn = DetectPerKeyFn(
+            field_names, features, prefilter, event_time, detector, emit_scores=emit_scores
+        )
 
     def expand(self, events):
         keyed = events | "KeyByKey" >> beam.Map(_key_event).with_output_types(tuple[str, Event])
+        tags = (LATE_TAG, EXPIRED_TAG, SCORES_TAG) if self._emit_scores else (LATE_TAG, EXPIRED_TAG)
         res = keyed | "Stateful" >> beam.ParDo(self._fn).with_output_types(Scored).with_outputs(
-            LATE_TAG, EXPIRED_TAG, main="escalated"
+            *tags, main="escalated"
         )
-        return {
+        out = {
             "escalated": res["escalated"],
             "late": res[LATE_TAG],
             "expired": res[EXPIRED_TAG],
         }
+        if self._emit_scores:
+            out["scores"] = res[SCORES_TAG]
+        return out

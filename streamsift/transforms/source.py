@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 
 import apache_beam as beam
+from apache_beam import coders
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
@@ -65,7 +66,9 @@ class ReplayStream(beam.PTransform):
 
     def _test_stream(self) -> TestStream:
         hints = event_time_hints(self._payloads, self._cfg)
-        ts_stream = TestStream()
+        # BytesCoder, not TestStream's default pickling coder: a portable runner
+        # (Flink) decodes the TestStream payload in Java.
+        ts_stream = TestStream(coder=coders.BytesCoder())
         watermark = None
         newest = None
         for start in range(0, len(self._payloads), self._chunk):
