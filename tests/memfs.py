@@ -50,7 +50,9 @@ class _MemBase(FileSystem):
 
     @classmethod
     def scheme(cls) -> str | None:
-        return SCHEME if cls is not _MemBase else None
+        # Never None for the base: Beam matches local paths by scheme None, and a
+        # second None would make every local path ambiguous ("more than one filesystem").
+        return SCHEME if cls is not _MemBase else f"{SCHEME}-base"
 
     def join(self, basepath: str, *paths: str) -> str:
         out = basepath
