@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +33,19 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("streamsift")
     cfg = small_config(str(tmp))
     return cfg, ensure_model(cfg)
+
+
+@pytest.fixture
+def memfs():
+    """tests/memfs.py (the ``memtest://`` Beam file system standing in for gs://),
+    imported once per process, emptied before and after the test."""
+    name = "streamsift_tests_memfs"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("memfs.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    mod = sys.modules[name]
+    mod.FILES.clear()
+    yield mod
+    mod.FILES.clear()

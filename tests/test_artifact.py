@@ -297,28 +297,6 @@ def test_train_model_validates_inputs():
 
 
 # --- artifacts on a non-local Beam file system (gs:// on Dataflow workers) ------------------
-def load_memfs():
-    """tests/memfs.py (the ``memtest://`` Beam file system), imported once."""
-    import importlib.util
-    import sys
-
-    name = "streamsift_tests_memfs"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("memfs.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture
-def memfs():
-    mod = load_memfs()
-    mod.FILES.clear()
-    yield mod
-    mod.FILES.clear()
-
-
 def test_remote_model_dir_lists_loads_and_verifies(tmp_path, memfs):
     from apache_beam.io.filesystems import FileSystems
 

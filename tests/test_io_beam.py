@@ -4,10 +4,7 @@ IO on a non-local file system, and which writer each runner gets."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import apache_beam as beam
 import pytest
@@ -26,16 +23,6 @@ from streamsift.pipeline.options import make_runner
 from streamsift.transforms.sinks import dead_letter_to_dict
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
-
-
-def load_memfs():
-    name = "streamsift_tests_memfs"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("memfs.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def assert_stamped(payloads_and_times, broker: bool, expected) -> None:
@@ -103,9 +90,7 @@ def test_pubsub_runs_on_the_direct_and_dataflow_runners_only():
             pubsub_impl_for(runner)
 
 
-def test_files_go_through_beams_file_io_to_a_non_local_file_system():
-    memfs = load_memfs()
-    memfs.FILES.clear()
+def test_files_go_through_beams_file_io_to_a_non_local_file_system(memfs):
     rows = [{"key": f"k{i}", "n": i} for i in range(5)]
     with beam.Pipeline(runner=make_runner("DirectRunner")) as p:
         (
@@ -120,7 +105,6 @@ def test_files_go_through_beams_file_io_to_a_non_local_file_system():
     ), sorted(memfs.FILES)
     lines = [json.loads(line) for v in written.values() for line in v.decode().splitlines()]
     assert sorted(lines, key=lambda r: r["n"]) == rows
-    memfs.FILES.clear()
 
 
 def test_local_file_outputs_are_refused_on_dataflow(tmp_path):

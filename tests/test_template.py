@@ -279,26 +279,12 @@ def load_template_main():
     return module
 
 
-def load_memfs():
-    """tests/memfs.py (the ``memtest://`` Beam file system standing in for gs://)."""
-    name = "streamsift_tests_memfs"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("memfs.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture
-def remote_model_dir(trained) -> str:
+def remote_model_dir(trained, memfs) -> str:
     """The trained artifacts copied to ``memtest://models`` (a non-local file system)."""
-    memfs = load_memfs()
     _cfg, model_path = trained
-    memfs.FILES.clear()
     memfs.upload_tree(str(Path(model_path).parents[1]), "memtest://models")
     yield "memtest://models"
-    memfs.FILES.clear()
 
 
 def dataflow_args(wheel: Path, config: Path, model_dir: str, *extra: str) -> list[str]:
