@@ -10,6 +10,10 @@ Modules:
 * :mod:`benchmarks.contenders` - the four contenders (streamsift's full
   pipeline, Beam's ``AnomalyDetection`` with ``ZScore``, a per-message Isolation
   Forest service loop, the runner's stateful pass-through floor);
+* :mod:`benchmarks.runners` - ``full`` and ``floor`` on Prism and Flink, with the
+  runner processes' RSS;
+* :mod:`benchmarks.latency` - ingest-to-alert latency at fixed offered loads from
+  the Kafka broker (paced producer, ``streamsift run --source kafka`` child);
 * :mod:`benchmarks.state_size` - state bytes and process RSS per key;
 * :mod:`benchmarks.model_stage` - RunInference against raw ``decision_function``;
 * :mod:`benchmarks.profiling` - where the full pipeline spends its time (pyinstrument);

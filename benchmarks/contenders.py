@@ -160,15 +160,18 @@ def _beam_counters(result: Any) -> dict[str, int]:
     return out
 
 
-def _run_streaming(build) -> tuple[dict[str, int], float]:
-    """Build (``build(pipeline)``) and run a streaming pipeline on the DirectRunner;
-    return the benchmark counters and the wall time of construction + run."""
+def _run_streaming(
+    build, runner: str = "DirectRunner", beam_args: tuple[str, ...] = ()
+) -> tuple[dict[str, int], float]:
+    """Build (``build(pipeline)``) and run a streaming pipeline on ``runner`` (streamsift's
+    :func:`~streamsift.pipeline.options.make_runner`); return the benchmark counters and
+    the wall time of construction + run."""
     import apache_beam as beam
 
     from streamsift.pipeline.options import make_runner, streaming_options
 
     t0 = time.perf_counter()
-    pipeline = beam.Pipeline(runner=make_runner("DirectRunner"), options=streaming_options([]))
+    pipeline = beam.Pipeline(runner=make_runner(runner), options=streaming_options(list(beam_args)))
     build(pipeline)
     result = pipeline.run()
     result.wait_until_finish()
@@ -211,9 +214,16 @@ def _count_stage2_batches() -> list[int]:
     return counts
 
 
-def run_full(inputs: ContenderInputs, engine: str = "per_element") -> ContenderResult:
+def run_full(
+    inputs: ContenderInputs,
+    engine: str = "per_element",
+    runner: str = "DirectRunner",
+    beam_args: tuple[str, ...] = (),
+    name: str | None = None,
+) -> ContenderResult:
     """streamsift's full pipeline via ``run_stream`` (print and progress off), with
-    the per-element stages or (``engine="batched"``) the micro-batched engine."""
+    the per-element stages or (``engine="batched"``) the micro-batched engine, on
+    ``runner`` (default the DirectRunner)."""
     import dataclasses
     import os
 
@@ -223,7 +233,8 @@ def run_full(inputs: ContenderInputs, engine: str = "per_element") -> ContenderR
     spec = inputs.spec
     cfg = bench_config(spec, os.path.dirname(os.path.dirname(inputs.model_path)))
     cfg = dataclasses.replace(cfg, engine=EngineConfig(mode=engine))
-    name = "full" if engine == "per_element" else "batched"
+    if name is None:
+        name = "full" if engine == "per_element" else "batched"
     payloads, digest = _load(inputs)
     out_dir = os.path.join(inputs.work_dir, f"{name}-out")
     warm_model_imports()
@@ -238,6 +249,8 @@ def run_full(inputs: ContenderInputs, engine: str = "per_element") -> ContenderR
         print_alerts=False,
         show_progress=False,
         chunk_size=spec.chunk_size,
+        runner=runner,
+        beam_args=list(beam_args),
     )
     wall = time.perf_counter() - t0
     new_alerts = [a for a in res.alerts if not a.get("update")]
@@ -276,6 +289,8 @@ def run_full(inputs: ContenderInputs, engine: str = "per_element") -> ContenderR
             },
             "counters": dict(sorted(c.items())),
             "alerts_path": res.paths.alerts,
+            "engine": engine,
+            "runner": runner,
         },
     )
 
@@ -420,7 +435,12 @@ def run_reference(inputs: ContenderInputs) -> ContenderResult:
 # ------------------------------------------------------------------ d. runner floor
 
 
-def run_floor(inputs: ContenderInputs) -> ContenderResult:
+def run_floor(
+    inputs: ContenderInputs,
+    runner: str = "DirectRunner",
+    beam_args: tuple[str, ...] = (),
+    name: str = "floor",
+) -> ContenderResult:
     """Same source, one trivial stateful DoFn: what the runner costs per element."""
 
     import apache_beam as beam
@@ -443,10 +463,10 @@ def run_floor(inputs: ContenderInputs) -> ContenderResult:
         )
 
     rss0 = current_rss_mb()
-    counters, wall = _run_streaming(build)
+    counters, wall = _run_streaming(build, runner, beam_args)
     out = counters.get("outputs", 0)
     return ContenderResult(
-        name="floor",
+        name=name,
         events_in=counters.get("events_in", 0),
         valid=out,
         alerts=out,
@@ -456,7 +476,10 @@ def run_floor(inputs: ContenderInputs) -> ContenderResult:
         rss_start_mb=rss0,
         peak_rss_mb=peak_rss_mb(),
         payload_sha256=digest,
-        details={"note": "alerts = elements out (every payload passes through)"},
+        details={
+            "note": "alerts = elements out (every payload passes through)",
+            "runner": runner,
+        },
     )
 
 

@@ -261,6 +261,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="only re-render --out from a results file written by --json-out (no measuring)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=["per_element", "batched"],
+        default=None,
+        help="engine of `full` on Prism/Flink and of the Kafka latency runs "
+        "(default: streamsift's config default, engine.mode)",
+    )
+    parser.add_argument(
+        "--runners",
+        default="prism,flink",
+        help="portable runners to run `full` and `floor` on (comma list of prism, flink; "
+        "empty: skip; a runner that is not installed is reported as such)",
+    )
+    parser.add_argument(
+        "--latency-loads",
+        default="1000,5000",
+        help="offered loads (events/s) for the Kafka ingest-to-alert latency (comma list; "
+        "empty: skip)",
+    )
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=30.0,
+        help="seconds each latency load is offered (the measured phase)",
+    )
+    parser.add_argument(
+        "--latency-modes",
+        default="event_time,arrival",
+        help="event-time settings per latency load: event_time (the config's ordering and "
+        "allowed lateness), event_time:SECONDS (another allowed lateness), arrival",
+    )
+    parser.add_argument(
+        "--latency-drain-timeout",
+        type=float,
+        default=120.0,
+        help="seconds the pipeline may take to catch up after the last event before it is "
+        "stopped (what it has not processed by then counts as censored latency)",
+    )
+    parser.add_argument(
+        "--kafka-bootstrap",
+        default=None,
+        help="Kafka broker for the latency runs (default: $STREAMSIFT_KAFKA_BOOTSTRAP)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
 
 
@@ -301,12 +344,52 @@ def build_command(args: argparse.Namespace) -> str:
         str(args.profile_events),
         "--profile-engines",
         args.profile_engines,
+        "--engine",
+        resolve_engine(args),
+        "--runners",
+        args.runners,
+        "--latency-loads",
+        args.latency_loads,
+        "--latency-seconds",
+        f"{args.latency_seconds:g}",
+        "--latency-modes",
+        args.latency_modes,
+        "--latency-drain-timeout",
+        f"{args.latency_drain_timeout:g}",
     ]
+    if getattr(args, "kafka_bootstrap", None):
+        parts += ["--kafka-bootstrap", args.kafka_bootstrap]
     if args.work_dir:
         parts += ["--work-dir", args.work_dir]
     if args.json_out:
         parts += ["--json-out", args.json_out]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def resolve_engine(args: argparse.Namespace) -> str:
+    """``--engine``, else streamsift's config default (``engine.mode``).
+
+    >>> resolve_engine(argparse.Namespace(engine="batched"))
+    'batched'
+    >>> from streamsift.config import Config
+    >>> resolve_engine(argparse.Namespace(engine=None)) == Config().engine.mode
+    True
+    """
+    if getattr(args, "engine", None):
+        return args.engine
+    from streamsift.config import Config
+
+    return Config().engine.mode
+
+
+def kafka_bootstrap(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str:
+    """``--kafka-bootstrap``, else ``$STREAMSIFT_KAFKA_BOOTSTRAP``, else "".
+
+    >>> kafka_bootstrap(argparse.Namespace(kafka_bootstrap=None), {"STREAMSIFT_KAFKA_BOOTSTRAP": "h:1"})
+    'h:1'
+    """
+    env = os.environ if environ is None else environ
+    return getattr(args, "kafka_bootstrap", None) or env.get("STREAMSIFT_KAFKA_BOOTSTRAP", "")
 
 
 def _invoked_as() -> str:
@@ -390,6 +473,37 @@ def _child_main(task_path: str) -> int:
             from benchmarks.profiling import profile_full
 
             result = profile_full(inputs, engine=task.get("engine", "per_element"))
+    elif kind == "portable":
+        from benchmarks.contenders import ContenderInputs
+        from benchmarks.runners import run_portable
+
+        inputs = ContenderInputs(
+            spec=spec,
+            payloads_path=task["payloads_path"],
+            model_path=task["model_path"],
+            reference_model_path="",
+            work_dir=os.path.join(task["work_dir"], f"{task['runner']}-{task['name']}"),
+        )
+        os.makedirs(inputs.work_dir, exist_ok=True)
+        result = run_portable(task["name"], task["runner"], inputs, task["engine"])
+    elif kind == "latency":
+        from benchmarks.latency import LatencyMode, LatencyPlan, measure_latency
+
+        m = task["mode"]
+        plan = LatencyPlan(
+            rate=float(task["rate"]),
+            seconds=float(task["seconds"]),
+            mode=LatencyMode(m["name"], m["ordering"], float(m["allowed_lateness_s"])),
+            engine=task["engine"],
+            drain_timeout_s=float(task["drain_timeout_s"]),
+        )
+        result = measure_latency(
+            plan,
+            spec,
+            bootstrap=task["bootstrap"],
+            model_dir=os.path.dirname(os.path.dirname(task["model_path"])),
+            work_dir=task["work_dir"],
+        )
     elif kind == "keys":
         from benchmarks.state_size import measure_keys
 
@@ -406,7 +520,8 @@ def _child_main(task_path: str) -> int:
         )
     else:
         raise ValueError(
-            f"task kind must be setup, contender, profile, keys or model_stage; got {kind!r}"
+            "task kind must be setup, contender, profile, portable, latency, keys or "
+            f"model_stage; got {kind!r}"
         )
     with open(task["out"], "w", encoding="utf-8") as fh:
         json.dump(result, fh)
@@ -515,6 +630,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"profile_events must be >= 0; got {args.profile_events}")
     if args.child_timeout <= 0:
         raise ValueError(f"child_timeout must be > 0; got {args.child_timeout}")
+    from benchmarks.latency import parse_latency_modes
+    from benchmarks.runners import parse_runners
+
+    parse_runners(args.runners)
+    parse_int_list(args.latency_loads, "latency_loads")
+    parse_latency_modes(args.latency_modes)
+    if not 0 < args.latency_seconds < float("inf"):
+        raise ValueError(f"latency_seconds must be > 0; got {args.latency_seconds}")
+    if not 0 < args.latency_drain_timeout < float("inf"):
+        raise ValueError(f"latency_drain_timeout must be > 0; got {args.latency_drain_timeout}")
 
     keep = bool(args.work_dir)
     work_dir = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="streamsift-bench-"))
@@ -572,7 +697,11 @@ def _run_all(
             "work_dir": work_dir,
             "profile_events": args.profile_events,
             "need_model": bool(
-                {"full", "batched"} & set(contenders) or batch_sizes or args.profile_events > 0
+                {"full", "batched"} & set(contenders)
+                or batch_sizes
+                or args.profile_events > 0
+                or args.runners.strip()
+                or args.latency_loads.strip()
             ),
             "need_reference": "reference" in contenders,
             "need_state": bool(key_counts),
@@ -612,6 +741,10 @@ def _run_all(
     res["consistency"] = _consistency(res["contenders"], stream)
     if "full" in contenders and "batched" in contenders:
         res["identity"] = compare_engines(res["contenders"]["full"], res["contenders"]["batched"])
+
+    engine = resolve_engine(args)
+    res["runners"] = _run_portable(args, base, engine, stream, work_dir, timeout)
+    res["latency"] = _run_latency(args, base, engine, work_dir, timeout)
 
     if key_counts:
         state: dict[str, Any] = {"breakdown": setup.get("state_breakdown", {}), "scaling": []}
@@ -661,6 +794,121 @@ def _run_all(
                 )
 
 
+def _run_portable(
+    args: argparse.Namespace,
+    base: dict[str, Any],
+    engine: str,
+    stream: dict[str, Any],
+    work_dir: str,
+    timeout: float,
+) -> dict[str, Any]:
+    """`full` and `floor` on each portable runner asked for (or why it was skipped)."""
+    from benchmarks.runners import (
+        PORTABLE_KINDS,
+        PORTABLE_RUNNERS,
+        parse_runners,
+        runner_availability,
+    )
+
+    out: dict[str, Any] = {"engine": engine, "runs": {}}
+    for short in parse_runners(args.runners):
+        runner = PORTABLE_RUNNERS[short][0]
+        why = runner_availability(short, os.environ)
+        if why is not None:
+            _say(f"{runner}: {why}")
+            out["runs"][short] = {"runner": runner, "skipped": why}
+            continue
+        entry: dict[str, Any] = {"runner": runner}
+        for kind in PORTABLE_KINDS:
+            _say(f"{runner}: {kind} running")
+            r = _run_child(
+                dict(base, kind="portable", name=kind, runner=short, engine=engine),
+                work_dir,
+                f"{short}-{kind}",
+                timeout,
+            )
+            entry[kind] = r
+            if "error" in r:
+                _say(f"{runner}: {kind} FAILED: {r['error'][:300]}")
+            elif kind == "empty":
+                _say(f"{runner}: trivial job (start-up and teardown) {r['wall_s']:.1f} s")
+            else:
+                _say(
+                    f"{runner}: {kind}: {r['events_in']:,} events in {r['wall_s']:.1f} s "
+                    f"({r['events_per_s']:,.0f}/s), alerts {r['alerts']:,}"
+                )
+        entry["consistency"] = _consistency(
+            {k: entry[k] for k in PORTABLE_KINDS if k in entry and k != "empty"}, stream
+        )
+        out["runs"][short] = entry
+    return out
+
+
+def _run_latency(
+    args: argparse.Namespace,
+    base: dict[str, Any],
+    engine: str,
+    work_dir: str,
+    timeout: float,
+) -> dict[str, Any]:
+    """The Kafka ingest-to-alert latency at each offered load and mode (or why not)."""
+    from dataclasses import asdict as _asdict
+
+    from benchmarks.latency import parse_latency_modes
+    from streamsift.config import Config
+
+    loads = parse_int_list(args.latency_loads, "latency_loads")
+    if not loads:
+        return {"skipped": "not measured in this run (`--latency-loads` empty)"}
+    modes = parse_latency_modes(args.latency_modes, Config().event_time.allowed_lateness_s)
+    if not modes:
+        return {"skipped": "not measured in this run (`--latency-modes` empty)"}
+    bootstrap = kafka_bootstrap(args)
+    if not bootstrap:
+        return {
+            "skipped": "no Kafka broker: pass --kafka-bootstrap or set "
+            "STREAMSIFT_KAFKA_BOOTSTRAP (scripts/services.sh env)"
+        }
+    out: dict[str, Any] = {
+        "bootstrap": bootstrap,
+        "engine": engine,
+        "seconds": args.latency_seconds,
+        "runs": [],
+    }
+    for rate in loads:
+        for mode in modes:
+            label = f"{rate}-{mode.name.replace(':', '-')}"
+            _say(f"latency: {rate:,} events/s from Kafka, {mode.name}, engine {engine}")
+            r = _run_child(
+                dict(
+                    base,
+                    kind="latency",
+                    rate=rate,
+                    seconds=args.latency_seconds,
+                    mode=_asdict(mode),
+                    engine=engine,
+                    bootstrap=bootstrap,
+                    drain_timeout_s=args.latency_drain_timeout,
+                ),
+                work_dir,
+                f"latency-{label}",
+                timeout,
+            )
+            r.setdefault("rate", rate)
+            r.setdefault("mode", mode.name)
+            out["runs"].append(r)
+            if "error" in r:
+                _say(f"latency {label}: FAILED: {r['error'][:300]}")
+            else:
+                a, p = r["alert_latency"], r["processed_latency"]
+                _say(
+                    f"latency {label}: achieved {r['achieved_per_s']:,.0f}/s, alerts "
+                    f"{a['count']} p50 {a['p50']} p99 {a['p99']} s; processed p50 "
+                    f"{p['p50']} p99 {p['p99']} s; kept up: {r['kept_up']}"
+                )
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark (or, with the hidden ``--child``, one measurement).
 
@@ -697,6 +945,13 @@ def main(args: argparse.Namespace) -> int:
     for s in res.get("state", {}).get("scaling", []):
         if "error" in s:
             failed.append(f"keys-{s['n_keys']}")
+    for short, entry in res.get("runners", {}).get("runs", {}).items():
+        for kind in ("empty", "full", "floor"):
+            if isinstance(entry.get(kind), dict) and "error" in entry[kind]:
+                failed.append(f"{kind}@{short}")
+    for r in res.get("latency", {}).get("runs", []):
+        if "error" in r:
+            failed.append(f"latency-{r.get('rate')}-{r.get('mode')}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 0 if not failed and res["consistency"]["ok"] else 1

@@ -54,15 +54,25 @@ def zscore_state_bytes(values: int = 1000) -> int:
 
 
 def state_breakdown(spec: BenchSpec) -> dict[str, Any]:
-    """Encoded size (bytes) of every per-key state cell, for ``spec.features`` fields.
+    """Encoded size (bytes) of every per-key state cell, for ``spec.features`` fields
+    (default config otherwise); ``keylogic_detector`` is the seasonal detector's
+    share of ``keylogic``.
 
     >>> b = state_breakdown(BenchSpec(features=1))
     >>> b["keylogic"] == b["keylogic_state_size"], b["alert_max"] > b["alert_empty"] > 0
     (True, True)
+    >>> 0 < b["keylogic_detector"] < b["keylogic"]
+    True
     >>> b["total_min"] == b["keylogic"] + b["meta"] + b["alert_empty"] + b["alert_chain"]
     True
     """
-    from streamsift.config import AlertConfig, FeatureConfig, PrefilterConfig, ThresholdConfig
+    from streamsift.config import (
+        AlertConfig,
+        DetectorConfig,
+        FeatureConfig,
+        PrefilterConfig,
+        ThresholdConfig,
+    )
     from streamsift.models.alerting import AlertLogic, AlertState, alert_id_for
     from streamsift.models.keylogic import KeyLogic
     from streamsift.models.thresholds import NBINS
@@ -94,6 +104,10 @@ def state_breakdown(spec: BenchSpec) -> dict[str, Any]:
         "model_features": len(logic.feature_names),
         "keylogic": len(logic.encode_state(state)),
         "keylogic_state_size": logic.state_size,
+        "keylogic_detector": logic.state_size
+        - KeyLogic(
+            spec.fields, FeatureConfig(), PrefilterConfig(), DetectorConfig(enabled=False)
+        ).state_size,
         "meta": len(Meta().encode()),
         "alert_empty": len(empty.encode()),
         "alert_max": len(full.encode()),
@@ -211,8 +225,10 @@ def _shard_cells(
     after a cache miss cost); ``step``: what a step with a warm cache writes, the
     ``touched`` keys it changed (500-payload chunks over 4 shards: about 125
     keys), plus the compaction that rewrites the shard once per ``keys``
-    records, amortised per step; ``scan``: the timer scan every step still does
-    over all of the shard's keys (:meth:`ShardLogic.advance` with nothing due)."""
+    records, amortised per step; ``heap``: building the shard's timer heap (once per
+    process and shard, on first use after a rebuild); ``scan``: what finding the due
+    timers costs per step once the heap exists (:meth:`ShardLogic.advance` with nothing
+    due: O(due timers), not O(keys))."""
     import marshal
 
     from streamsift.config import Config
@@ -232,7 +248,7 @@ def _shard_cells(
         st.alerts[key] = alert_raw
     logic = ShardLogic.from_config(Config())
     total = 0
-    enc_s = dec_s = step_s = scan_s = 0.0
+    enc_s = dec_s = step_s = scan_s = heap_s = 0.0
     amortised_s = 0.0
     for st in shards:
         t0 = time.perf_counter()
@@ -253,6 +269,9 @@ def _shard_cells(
         size = len(st.keys) + len(st.alerts)
         amortised_s += enc * (2 * len(keys)) / max(1, size)
         t0 = time.perf_counter()
+        logic.advance(st, -(2**62), {})  # first use builds the timer heap
+        heap_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
         logic.advance(st, -(2**62), {})
         st.next_timer_us()
         scan_s += time.perf_counter() - t0
@@ -265,4 +284,5 @@ def _shard_cells(
         "step_write_ms": 1e3 * step_s / n_shards,
         "step_compaction_ms": 1e3 * amortised_s / n_shards,
         "step_scan_ms": 1e3 * scan_s / n_shards,
+        "heap_build_ms": 1e3 * heap_s / n_shards,
     }

@@ -2,7 +2,8 @@
 
 The launcher container runs ``python main.py --runner=DataflowRunner --project=...
 --<template parameters>``. This file builds the same detection pipeline as
-``streamsift run`` (:func:`streamsift.pipeline.build.build_detection`) from
+``streamsift run`` (:func:`streamsift.pipeline.build.build_engine_detection`,
+``engine.mode`` of the config) from
 streamsift's declared pipeline options and submits it without waiting: a
 streaming job never finishes, and the launcher must exit once the job is
 created. Worker dependencies come from the project's wheel, staged with
@@ -28,7 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from streamsift.config import apply_overrides, load_config
 from streamsift.models.artifact import latest_artifact
-from streamsift.pipeline.build import build_detection
+from streamsift.pipeline.build import build_engine_detection
 from streamsift.pipeline.options import StreamsiftOptions
 from streamsift.transforms.source import ReplayStream
 
@@ -106,8 +107,10 @@ def build_pipeline(argv: Sequence[str]) -> beam.Pipeline:
         _read, payloads = broker_source(pipeline, cfg, source, impl)
     else:
         payloads = pipeline | "Source" >> ReplayStream(_payloads(own, cfg), cfg.input)
-    outputs = build_detection(payloads, cfg, model_path)
-    attach_sinks(outputs, cfg, destinations(cfg, cfg.output.dir), cfg.output.dir, runner=runner)
+    dests = destinations(cfg, cfg.output.dir)
+    # engine.mode (streamsift_config's [engine]): per-element stages or micro-batches
+    outputs = build_engine_detection(payloads, cfg, model_path, emit_events="processed" in dests)
+    attach_sinks(outputs, cfg, dests, cfg.output.dir, runner=runner)
     return pipeline
 
 

@@ -65,7 +65,7 @@ _BATCHED_ONLY = ("stage2_batches",)
 
 
 def test_config_engine_section_is_validated():
-    assert Config().engine == EngineConfig("per_element", 4, 1.0)
+    assert Config().engine == EngineConfig("batched", 4, 1.0)
     with pytest.raises(ConfigError, match=r"engine.mode must be one of"):
         EngineConfig(mode="vectorised")
     with pytest.raises(ConfigError, match=r"engine.shards must be >= 1; got 0"):

@@ -117,11 +117,15 @@ class MemoryClient:
 direct.CLIENT_FACTORIES["memory"] = lambda cfg, source: MemoryClient(cfg)
 
 
-def test_memory_broker_run_commits_after_results_and_matches_replay(tmp_path):
+@pytest.mark.parametrize("engine", ["per_element", "batched"])
+def test_memory_broker_run_commits_after_results_and_matches_replay(tmp_path, engine):
+    """Either engine (``engine.mode``) behind the source: commits only after results,
+    the same alerts as a per-element file replay."""
     cfg = apply_overrides(
         Config(),
         {
             "synthetic.events": 800,
+            "synthetic.keys": 8,  # 100 events a key: past the warm-up, some alerts
             "model.dir": str(tmp_path / "model"),
             "model.history_hours": 3.0,
             "source.stop_when_idle_s": 1.0,
@@ -137,13 +141,17 @@ def test_memory_broker_run_commits_after_results_and_matches_replay(tmp_path):
     out = tmp_path / "out"
     audit = out / "processed.jsonl"
     BROKERS["b1"] = broker = MemoryBroker(payloads, 3, str(audit))
-    cfg = apply_overrides(cfg, {"sinks.processed": f"file://{audit}", "output.dir": str(out)})
+    cfg = apply_overrides(
+        cfg,
+        {"sinks.processed": f"file://{audit}", "output.dir": str(out), "engine.mode": engine},
+    )
     # the broker config of the "memory" kind is the broker's name
     out.mkdir()
     file_sinks.close_all()
     pipeline = beam.Pipeline(runner=make_runner("DirectRunner"), options=streaming_options())
     read, _ = build_broker_pipeline(pipeline, cfg, model, "kafka", str(out), print_alerts=False)
     read.kind, read.broker_cfg = "memory", "b1"
+    labels = {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
     result = pipeline.run()
     broker.result = result
     result.wait_until_finish()
@@ -161,3 +169,10 @@ def test_memory_broker_run_commits_after_results_and_matches_replay(tmp_path):
         (a["alert_id"], a["severity"]) for a in replay.alerts
     }
     assert len(read_jsonl(str(out / "dead_letter.jsonl"))) == replay.counter("dead_lettered")
+    from streamsift.pipeline.run import _counters
+
+    counters = _counters(result)
+    assert ("DetectShards" in labels) == (engine == "batched")  # the configured engine ran
+    assert counters.get("alerts_emitted", 0) == len(replay.alerts) > 0  # a real workload
+    for name in ("processed", "dead_lettered", "late", "escalated"):
+        assert counters.get(name, 0) == replay.counter(name), name

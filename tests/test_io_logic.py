@@ -90,6 +90,27 @@ def test_ledger_waits_for_the_keys_newest_event_when_the_release_timer_was_rearm
     assert ledger.ready(s, done_until=933.0) == [2, 3]
 
 
+@pytest.mark.parametrize(
+    ("engine", "quantum", "delay"),
+    [("per_element", 5.0, 0.0), ("batched", 5.0, 5.0), ("batched", 0.0, 0.0)],
+)
+def test_native_source_waits_for_the_batched_engines_release_quantum(engine, quantum, delay):
+    """The batched engine's shard timers fire up to ``engine.release_quantum_s`` after the
+    key's timer: the native source's commit ledger waits that much longer."""
+    import apache_beam as beam
+
+    from streamsift.io.run import broker_source
+
+    cfg = apply_overrides(
+        from_mapping({}),
+        {"engine.mode": engine, "engine.release_quantum_s": quantum},
+    )
+    read, _payloads = broker_source(beam.Pipeline(), cfg, "kafka", "native")
+    assert read.release_delay_s == delay
+    with pytest.raises(ValueError, match=r"release_delay_s must be >= 0; got -1"):
+        type(read)("kafka", cfg.kafka, cfg.source, cfg.input, 30.0, release_delay_s=-1)
+
+
 # --- event time ------------------------------------------------------------------------------
 def test_broker_event_time_is_written_into_the_payload_in_the_configured_format():
     from streamsift.config import InputConfig

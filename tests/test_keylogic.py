@@ -377,9 +377,9 @@ def test_state_of_8_fields_and_3_horizons_fits_in_2_kib(method):
     state, _ = run(logic, gaussian_stream(100, n_fields=8))
     data = logic.encode_state(state)
     assert len(data) == logic.state_size <= 2048
-    # the seasonal detector adds 4 * (17 + F * (6 * season_bins + 7)) bytes (float32)
+    # the seasonal detector adds 8 + 4 * (2 + window) + 44 F + 4 F season_bins bytes
     with_det = make_logic(fields=fields, method=method)
-    assert with_det.state_size - logic.state_size == 4 * (17 + 8 * (6 * 48 + 7))
+    assert with_det.state_size - logic.state_size == 8 + 4 * 12 + 44 * 8 + 4 * 8 * 48
     state, _ = run(with_det, gaussian_stream(100, n_fields=8))
     assert len(with_det.encode_state(state)) == with_det.state_size
 
@@ -416,7 +416,7 @@ def test_decode_rejects_other_layouts():
     assert other.state_size != logic.state_size
     same_size = make_logic(fields=("w", "x", "y", "z"))
     assert same_size.decode_state(data) is not None  # field names are not encoded
-    with pytest.raises(ValueError, match="state format version must be 3; got 9"):
+    with pytest.raises(ValueError, match="state format version must be 4; got 9"):
         logic.decode_state(b"\x09" + data[1:])
 
 
@@ -672,16 +672,16 @@ def test_detector_decides_escalation_after_its_warm_up_with_its_own_reasons():
     assert gap.anomaly < det_cfg.alert_score
 
 
-def test_detector_state_is_float32_and_round_trips_mid_stream():
+def test_detector_state_is_compact_and_round_trips_mid_stream():
     logic = make_logic(detector=DetectorConfig())
     events = gaussian_stream(400, seed=4)
     state, _ = run(logic, events[:350])
-    assert state.detector.typecode == "f"
+    assert state.detector.words.typecode == "I" and state.detector.floats.typecode == "f"
     data = logic.encode_state(state)
     fields = len(FIELDS4)
     assert len(data) == logic.state_size
     assert logic.state_size - make_logic(detector=DetectorConfig(enabled=False)).state_size == (
-        4 * (17 + fields * (6 * 48 + 7))
+        8 + 4 * 12 + 44 * fields + 4 * fields * 48
     )
     back = logic.decode_state(data)
     assert back == state

@@ -262,7 +262,10 @@ def test_scores_output_gives_every_processed_event_the_per_key_scores(trained, t
     event-time order; a detector alert becomes a pipeline alert explained by it."""
     cfg, model_path = trained
     cfg = dataclasses.replace(
-        cfg, detector=dataclasses.replace(cfg.detector, warmup_events=100, suppress_events=0)
+        cfg,
+        detector=dataclasses.replace(cfg.detector, warmup_events=100, suppress_events=0),
+        # the per-event scores output exists on the per-element engine only
+        engine=dataclasses.replace(cfg.engine, mode="per_element"),
     )
     t0 = 1_767_225_600.0
     rng = random.Random(17)

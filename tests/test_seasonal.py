@@ -111,12 +111,15 @@ def test_new_extreme_scores_one_and_spikes_are_not_learnt():
     for t, v in zip(ts[:500], x[:500], strict=True):
         det.step(buf, float(t), [float(v)])
     b = int((ts[500] % 86400) // (86400 / 48))
-    slot = det._fields_o + 3 + 6 * b  # seasonal bin (after the level slot): weight, mean, var
-    mean_before = buf[slot + 1]
+    visits, mean_before, var_before, run = det.bin_state(buf, 0, b)
+    assert run == 0 and visits >= 3
     res = det.step(buf, float(ts[500]), [100.0])
     assert res.spatial and res.score == 1.0 and res.z > FLAG_WARMUP
-    assert buf[slot + 1] == mean_before  # flagged: not learnt by its bin
-    assert buf[slot + 3] == 1.0  # but counted in the bin's run toward re-adaptation
+    after = det.bin_state(buf, 0, b)
+    # flagged: not learnt by its bin (its codes are re-based on the new range: the
+    # mean moves by at most one code step), but counted in its run toward re-adaptation
+    step = (100.0 - float(np.min(x[:500]))) / 2700.0
+    assert abs(after[1] - mean_before) <= step and after[3] == 1
 
 
 def test_suppression_caps_the_quiet_period_below_the_alert_score():
@@ -158,10 +161,10 @@ def test_likelihood_is_scale_free_and_causal():
     rng = np.random.default_rng(10)
     raw = rng.uniform(0.0, 0.2, 500).tolist() + [0.9] * 5
     buf = lik.new_buffer()
-    tails = [lik.step(buf, 0, r) for r in raw]
+    tails = [lik.step(buf, 0, r, n) for n, r in enumerate(raw)]
     assert tails[-1] < 1e-9 < min(tails[:500])
     buf2 = lik.new_buffer()
-    assert [lik.step(buf2, 0, r) for r in raw[:300]] == tails[:300]
+    assert [lik.step(buf2, 0, r, n) for n, r in enumerate(raw[:300])] == tails[:300]
     assert tail_to_score(tails[-1]) > 0.75
 
 
@@ -190,3 +193,80 @@ def test_keylogic_without_detector_reports_zero_and_keeps_escalation():
     assert off.decode_state(off.encode_state(s_off)) == s_off
     assert on.decode_state(on.encode_state(s_on)) == s_on
     assert math.isfinite(on.step(s_on, float(ts[-1]) + 300.0, [1e300]).anomaly)
+
+
+def _run_split(det, ts, rows, cut):
+    """Scores of one state kept in memory, and of one encoded/decoded before every
+    event from ``cut`` on (the per-element engine's pattern)."""
+    a, b = det.new_buffer(), det.new_buffer()
+    out_a, out_b = [], []
+    for k, (t, row) in enumerate(zip(ts, rows, strict=True)):
+        if k >= cut:
+            b = det.decode(det.encode(b))
+            assert b == a
+        out_a.append(det.step(a, float(t), row))
+        out_b.append(det.step(b, float(t), row))
+    return out_a, out_b
+
+
+@pytest.mark.parametrize("readapt_after", [12, 100])
+def test_encoded_state_round_trips_exactly_through_rebases_and_readaptation(readapt_after):
+    # 3 fields: seasonal, growing range (re-bases its codes), a level shift (re-adapts)
+    ts, x = daily(4, seed=12)
+    rng = np.random.default_rng(12)
+    grow = np.cumsum(rng.exponential(1.0, ts.size)) * (1.0 + (np.arange(ts.size) % 97 == 0) * 50)
+    shift = 5.0 + rng.normal(0.0, 0.1, ts.size)
+    shift[2 * DAY :] += 3.0
+    rows = [[float(a), float(b), float(c)] for a, b, c in zip(x, grow, shift, strict=True)]
+    cfg = DetectorConfig(readapt_after=readapt_after, warmup_events=DAY)
+    det = SeasonalDetector(("a", "b", "c"), cfg)
+    a, b = _run_split(det, ts, rows, cut=DAY // 2)
+    assert a == b  # every score, z and deviation identical
+    assert len(det.encode(det.new_buffer())) == det.nbytes
+    # the shifted field's bins re-adapted to the new level (readapt_after 12 only)
+    st = det.new_buffer()
+    for t, row in zip(ts, rows, strict=True):
+        det.step(st, float(t), row)
+    means = [det.bin_state(st, 2, k)[1] for k in range(48)]
+    if readapt_after == 12:
+        assert all(abs(m - 8.0) < 0.2 for m in means)
+
+
+def test_state_size_default_config_fits_the_2_kib_budget():
+    det_cfg = DetectorConfig()
+    det = SeasonalDetector(("cpu", "latency_ms", "requests", "errors"), det_cfg)
+    window = det_cfg.likelihood_window
+    assert det.nbytes == 8 + 4 * (2 + window) + 44 * 4 + 4 * 4 * det_cfg.season_bins
+    logic = KeyLogic(
+        ("cpu", "latency_ms", "requests", "errors"), FeatureConfig(), PrefilterConfig()
+    )
+    off = KeyLogic(
+        ("cpu", "latency_ms", "requests", "errors"),
+        FeatureConfig(),
+        PrefilterConfig(),
+        DetectorConfig(enabled=False),
+    )
+    assert logic.state_size == off.state_size + det.nbytes
+    # room for the alert state's typical size (a sketch with ~5-15 bins, 100-200 bytes)
+    assert logic.state_size <= 2048 - 128
+    # long runs or many visits: 8 bytes per bin
+    wide = SeasonalDetector(("x",), dataclasses.replace(det_cfg, readapt_after=65))
+    assert wide.nbytes == 16 + 4 * (2 + window) + 44 + 8 * det_cfg.season_bins
+
+
+def test_bin_codes_track_mean_and_spread_without_bias():
+    # a stationary bin: its decoded mean and variance match float64 statistics of
+    # the same weighted updates (the dithered codes do not drift)
+    rng = np.random.default_rng(13)
+    n = 48 * 200
+    ts = T0 + 1800.0 * np.arange(n)  # one event per bin: 200 visits each
+    x = 1000.0 + rng.normal(0.0, 2.0, n)
+    x[::701] += 60.0  # spikes: the range (and the code step) is much wider than the spread
+    det = SeasonalDetector(("x",), DetectorConfig())
+    st = det.new_buffer()
+    for t, v in zip(ts, x, strict=True):
+        det.step(st, float(t), [float(v)])
+    means = np.array([det.bin_state(st, 0, k)[1] for k in range(48)])
+    sds = np.sqrt([det.bin_state(st, 0, k)[2] for k in range(48)])
+    assert abs(means.mean() - 1000.0) < 0.3
+    assert 1.6 < np.median(sds) < 2.4

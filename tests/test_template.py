@@ -62,7 +62,8 @@ PARAM_TYPES = {
     "KAFKA_READ_TOPIC",
     "KAFKA_WRITE_TOPIC",
 }
-#: top-level transforms of the detection pipeline (streamsift.pipeline.build)
+#: top-level transforms of the detection pipeline (streamsift.pipeline.build), per-element
+#: engine (``small_toml`` pins it)
 EXPECTED_TRANSFORMS = {
     "Source",
     "Parse",
@@ -321,8 +322,34 @@ def dry_run(argv: list[str], monkeypatch):
 @pytest.fixture
 def small_toml(tmp_path) -> Path:
     config = tmp_path / "small.toml"
-    config.write_text("[synthetic]\nevents = 200\nkeys = 3\n")
+    config.write_text('[synthetic]\nevents = 200\nkeys = 3\n[engine]\nmode = "per_element"\n')
     return config
+
+
+def test_dataflow_pubsub_job_runs_the_configured_batched_engine(
+    wheel, remote_model_dir, tmp_path, monkeypatch
+):
+    """``[engine] mode = "batched"``: the broker payloads are chunked (``ChunkPayloads``)
+    into the batched stages, which also give the parsed events to ``sinks.processed``."""
+    config = tmp_path / "batched.toml"
+    config.write_text(
+        '[engine]\nmode = "batched"\n[sinks]\nprocessed = "gs://streamsift-templates/audit"\n'
+    )
+    project = "projects/streamsift-test"
+    _pipeline, _result, top, names = dry_run(
+        dataflow_args(
+            wheel,
+            config,
+            remote_model_dir,
+            "--source=pubsub",
+            f"--pubsub_subscription={project}/subscriptions/events",
+        ),
+        monkeypatch,
+    )
+    batched = {"Source", "ChunkPayloads", "ParseChunks", "DetectShards", "ShardEvents"}
+    assert batched | {"RateLimit", "WriteAlerts", "WriteProcessed"} <= top, sorted(top)
+    assert not {"Parse", "DetectPerKey", "Stage2", "AlertPerKey"} & top, sorted(top)
+    assert "WriteProcessed/WriteToFiles" in names
 
 
 def test_dataflow_dry_run_builds_a_streaming_job(wheel, small_toml, remote_model_dir, monkeypatch):

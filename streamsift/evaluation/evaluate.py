@@ -18,7 +18,9 @@ written (one row per input row, in input order):
   pipeline's per-key stage computes for every event (``StepResult.anomaly``:
   seasonal and level baselines, range rule, anomaly-likelihood normalisation,
   one alert per incident), read from the stage's per-event ``scores`` output
-  (``DetectPerKey(emit_scores=True)``; the run uses the per-element engine), 0
+  (``DetectPerKey(emit_scores=True)``; the run always uses the per-element
+  engine, whatever ``engine.mode`` the config names: the batched engine has no
+  per-event scores output), 0
   for rows the pipeline dead-letters. With ``[detector] enabled = false`` it
   comes from :func:`event_score` instead: ``0.5 + 0.5 * stage2`` for events the
   pipeline escalated (``stage2``: the model's calibrated score; the pipeline

@@ -72,6 +72,14 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         help="Kafka I/O: native (DirectRunner) or Beam's cross-language KafkaIO; auto follows the runner",
     )
     g.add_argument(
+        "--pubsub-impl",
+        choices=["auto", "native", "beam"],
+        default="auto",
+        help="Pub/Sub I/O: native pull source (DirectRunner; at-least-once) or Beam's "
+        "ReadFromPubSub (Dataflow; on the DirectRunner at-most-once: Beam acknowledges on "
+        "pull); auto follows the runner",
+    )
+    g.add_argument(
         "--max-records",
         type=int,
         help="xlang Kafka: stop after reading this many records (bounded read)",
@@ -129,15 +137,19 @@ def cmd_run_broker(args: argparse.Namespace, cfg: Config, beam_args: list[str]) 
         if args.source == "kafka":
             impl = kafka_impl_for(args.kafka_impl, args.runner)
         else:
-            impl = pubsub_impl_for(args.runner)
+            impl = pubsub_impl_for(args.runner, getattr(args, "pubsub_impl", "auto"))
     except ValueError as exc:
         print(f"streamsift run: {exc}", file=sys.stderr)
         return 2
     from streamsift.io.run import check_broker
 
-    try:
+    try:  # fail fast, before any model training
         if impl == "native":
-            check_broker(cfg, args.source)  # fail fast, before any model training
+            check_broker(cfg, args.source)
+        elif impl == "beam" and args.runner == "DirectRunner":
+            from streamsift.io.beam_pubsub import check_subscription
+
+            check_subscription(cfg)
     except BrokerUnavailable as exc:
         print(f"streamsift run: {exc}", file=sys.stderr)
         return 3
@@ -150,7 +162,9 @@ def cmd_run_broker(args: argparse.Namespace, cfg: Config, beam_args: list[str]) 
         if args.source == "kafka"
         else (cfg.pubsub.subscription or cfg.pubsub.topic)
     )
-    console.line(f"streamsift: {args.source} {where} on {args.runner}; model {model_path}")
+    console.line(
+        f"streamsift: {args.source} {where} on {args.runner} ({impl} I/O); model {model_path}"
+    )
     try:
         res = run_broker(
             cfg,
@@ -163,6 +177,7 @@ def cmd_run_broker(args: argparse.Namespace, cfg: Config, beam_args: list[str]) 
             show_progress=not args.quiet,
             kafka_impl=args.kafka_impl,
             max_records=args.max_records or 0,
+            pubsub_impl=getattr(args, "pubsub_impl", "auto"),
         )
     except BrokerUnavailable as exc:
         print(f"streamsift run: {exc}", file=sys.stderr)

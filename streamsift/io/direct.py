@@ -12,8 +12,11 @@ runner's Pub/Sub read are). Each evaluation is one step of the source:
    point where the per-key stage has certainly released it
    (:class:`~streamsift.io.watermark.CommitLedger`: its event time, or its key's
    newest event time when the key's release timer was re-armed, plus the allowed
-   lateness and a margin): then all its results have been emitted and flushed by
-   the sinks. Delivery is at-least-once: records read but not committed are read
+   lateness and a margin, plus ``release_delay_s`` on the batched engine, whose
+   shard timers fire up to ``engine.release_quantum_s`` late): then all its
+   results have been emitted and flushed by the sinks. Both engines
+   (``engine.mode``) read the source the same way; the batched one chunks each
+   bundle of it (``ChunkPayloads``). Delivery is at-least-once: records read but not committed are read
    again after a crash.
 2. Poll a batch; each record is emitted with its event time as timestamp (the
    payload's time field, or the broker time; see ``source.event_time``).
@@ -61,6 +64,9 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 #: the drain watermark is this far past the newest event time (as in ReplayStream).
 DRAIN_S = 366 * 86400.0
+#: event-time seconds the commit ledger waits past an event's release (stage 2's
+#: one-second event-time windows on the per-element engine, and slack)
+COMMIT_MARGIN_S = 2.0
 
 
 #: broker kind -> client factory (cfg, source config) -> BrokerClient; tests may add kinds
@@ -174,15 +180,22 @@ class ReadFromBroker(beam.PTransform):
         input_cfg: InputConfig,
         allowed_lateness_s: float,
         run_id: str | None = None,
+        release_delay_s: float = 0.0,
     ) -> None:
         super().__init__()
         if kind not in CLIENT_FACTORIES:
             raise ValueError(f"kind must be one of {sorted(CLIENT_FACTORIES)}; got {kind!r}")
+        if not release_delay_s >= 0:
+            raise ValueError(f"release_delay_s must be >= 0; got {release_delay_s}")
         self.kind = kind
         self.broker_cfg = broker_cfg
         self.source_cfg = source_cfg
         self.input_cfg = input_cfg
         self.allowed_lateness_s = allowed_lateness_s
+        #: how much later than its key's timer the detection stage may release an
+        #: event (the batched engine's ``engine.release_quantum_s``); the commit
+        #: ledger waits that much longer
+        self.release_delay_s = release_delay_s
         #: identifies this source's runtime state (survives the runner-API round trip)
         self.run_id = run_id or uuid.uuid4().hex
         register_direct_evaluators()
@@ -226,7 +239,9 @@ def _runtime(t: ReadFromBroker) -> _Runtime:
         client=client,
         wm_logic=PartitionWatermark(t.source_cfg.watermark_lag_s, t.source_cfg.idle_partition_s),
         wm=WatermarkState(),
-        ledger_logic=CommitLedger(t.allowed_lateness_s, margin_s=2.0),
+        ledger_logic=CommitLedger(
+            t.allowed_lateness_s, margin_s=COMMIT_MARGIN_S + t.release_delay_s
+        ),
         ledger=LedgerState(),
         started_wall=now,
         last_input_wall=now,

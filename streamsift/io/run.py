@@ -17,7 +17,7 @@ from streamsift.io import direct
 from streamsift.io import sinks as io_sinks
 from streamsift.io.clients import BrokerUnavailable
 from streamsift.io.sinks import Destination, WriteToDestination, parse_destination
-from streamsift.pipeline.build import OutputPaths, build_detection
+from streamsift.pipeline.build import OutputPaths, build_engine_detection
 from streamsift.pipeline.console import console
 from streamsift.pipeline.options import make_runner, streaming_options
 from streamsift.pipeline.run import RunResult, _counters, _progress_text, read_jsonl
@@ -98,20 +98,34 @@ def kafka_impl_for(requested: str, runner: str) -> str:
     return requested
 
 
-def pubsub_impl_for(runner: str) -> str:
-    """``native`` (streamsift's pull source, DirectRunner) or ``beam`` (Beam's Pub/Sub IO,
-    Dataflow).
+def pubsub_impl_for(runner: str, requested: str = "auto") -> str:
+    """``native`` (streamsift's pull source, DirectRunner) or ``beam`` (Beam's Pub/Sub IO:
+    Dataflow, and ``--pubsub-impl beam`` on the DirectRunner, where streamsift holds its
+    watermark and delivery is at-most-once; see :mod:`streamsift.io.beam_pubsub`).
 
     >>> pubsub_impl_for("DirectRunner"), pubsub_impl_for("DataflowRunner")
     ('native', 'beam')
+    >>> pubsub_impl_for("DirectRunner", "beam")
+    'beam'
+    >>> pubsub_impl_for("DataflowRunner", "native")
+    Traceback (most recent call last):
+    ...
+    ValueError: --pubsub-impl native runs on the DirectRunner only; got --runner DataflowRunner (use --pubsub-impl beam or auto)
     >>> pubsub_impl_for("FlinkRunner")
     Traceback (most recent call last):
     ...
     ValueError: --source pubsub runs on the DirectRunner (native pull source) or the DataflowRunner (Beam's Pub/Sub IO); got --runner FlinkRunner. Kafka runs on every runner (native on the DirectRunner, xlang KafkaIO on Prism/Flink/Dataflow)
     """
+    if requested not in ("auto", "native", "beam"):
+        raise ValueError(f"--pubsub-impl must be auto, native or beam; got {requested!r}")
     if runner == "DirectRunner":
-        return "native"
+        return "native" if requested == "auto" else requested
     if runner == "DataflowRunner":
+        if requested == "native":
+            raise ValueError(
+                f"--pubsub-impl native runs on the DirectRunner only; got --runner {runner} "
+                "(use --pubsub-impl beam or auto)"
+            )
         return "beam"
     raise ValueError(
         "--source pubsub runs on the DirectRunner (native pull source) or the DataflowRunner "
@@ -128,8 +142,9 @@ def broker_source(
     max_records: int = 0,
     runner: str = "",
 ) -> tuple[direct.ReadFromBroker | None, beam.PCollection]:
-    """(native source or None, payload bytes) of a Kafka / Pub/Sub source, labelled
-    ``Source``. ``impl``: ``native``, ``xlang`` (Kafka) or ``beam`` (Pub/Sub)."""
+    """(native source, the DirectRunner's held Beam Pub/Sub read, or None; payload bytes)
+    of a Kafka / Pub/Sub source, labelled ``Source``. ``impl``: ``native``, ``xlang``
+    (Kafka) or ``beam`` (Pub/Sub). Both sources have a ``run_id`` for their stats."""
     if impl == "xlang":
         from streamsift.io.xlang import ReadKafkaXlang
 
@@ -139,10 +154,20 @@ def broker_source(
 
         if source != "pubsub":
             raise ValueError(f"impl 'beam' reads Pub/Sub only; got source {source!r}")
-        return None, pipeline | "Source" >> ReadPubSubBeam(cfg)
+        beam_read = ReadPubSubBeam(cfg)
+        # DirectRunner: the read's watermark is held by streamsift; its stats are the
+        # source's (read = acknowledged by Beam on pull)
+        held = beam_read if runner == "DirectRunner" else None
+        return held, pipeline | "Source" >> beam_read
     broker_cfg = cfg.kafka if source == "kafka" else cfg.pubsub
     read = direct.ReadFromBroker(
-        source, broker_cfg, cfg.source, cfg.input, cfg.event_time.allowed_lateness_s
+        source,
+        broker_cfg,
+        cfg.source,
+        cfg.input,
+        cfg.event_time.allowed_lateness_s,
+        # the batched engine's shard timers fire up to one quantum late
+        release_delay_s=cfg.engine.release_quantum_s if cfg.engine.mode == "batched" else 0.0,
     )
     return read, pipeline | "Source" >> read
 
@@ -176,7 +201,7 @@ def attach_sinks(
     outputs_for = dict(outputs)
     if "processed" in dests:
         if "events" not in outputs:
-            raise RuntimeError("build_detection does not expose the parsed events")
+            raise RuntimeError("the detection stages do not expose the parsed events")
         outputs_for["processed"] = outputs["events"]
 
     def write(name: str, label: str, to_dict=None, count_alerts: bool = False, dest=None):
@@ -240,7 +265,8 @@ def build_broker_pipeline(
         runner = "DirectRunner" if impl == "native" else "PortableRunner"
     dests = destinations(cfg, out_dir)
     read, payloads = broker_source(pipeline, cfg, source, impl, max_records, runner)
-    outputs = build_detection(payloads, cfg, model_path)
+    # engine.mode: the per-element stages or micro-batches (chunks of each bundle)
+    outputs = build_engine_detection(payloads, cfg, model_path, emit_events="processed" in dests)
     attach_sinks(outputs, cfg, dests, out_dir, runner=runner, print_alerts=print_alerts)
     return read, dests
 
@@ -264,6 +290,7 @@ def run_broker(
     show_progress: bool = True,
     kafka_impl: str = "auto",
     max_records: int = 0,
+    pubsub_impl: str = "auto",
 ) -> RunResult:
     """Run the streaming pipeline on a Kafka / Pub/Sub source until it drains
     (``source.stop_when_idle_s``; xlang: ``max_records`` read) or the process is stopped."""
@@ -273,7 +300,11 @@ def run_broker(
 
     if source not in ("kafka", "pubsub"):
         raise ValueError(f"source must be 'kafka' or 'pubsub'; got {source!r}")
-    impl = kafka_impl_for(kafka_impl, runner) if source == "kafka" else pubsub_impl_for(runner)
+    impl = (
+        kafka_impl_for(kafka_impl, runner)
+        if source == "kafka"
+        else pubsub_impl_for(runner, pubsub_impl)
+    )
     _LOG.info(
         "broker run: source %s (%s), kafka properties %s",
         source,
@@ -282,6 +313,11 @@ def run_broker(
     )
     if impl == "native":
         check_broker(cfg, source)
+    elif impl == "beam" and runner == "DirectRunner":
+        from streamsift.io.beam_pubsub import AT_MOST_ONCE_NOTICE, check_subscription
+
+        _LOG.warning(AT_MOST_ONCE_NOTICE)
+        check_subscription(cfg)
     if runner == "DataflowRunner":
         return _submit_dataflow(cfg, model_path, source, out_dir, impl, beam_args, max_records)
     os.makedirs(out_dir, exist_ok=True)

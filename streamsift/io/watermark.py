@@ -147,7 +147,10 @@ class CommitLedger:
     past ``max(ts, newest event time of its key now) + lateness``; after that and a
     ``margin`` (later event-time windows), everything it causes has been emitted.
     Records are committed per partition in read order (a Kafka offset commit
-    covers every earlier offset).
+    covers every earlier offset). The micro-batched engine keeps the same per-key
+    release rule but fires one timer per shard, at the earliest key timer rounded up
+    to ``engine.release_quantum_s``: a release comes at most that much later, so its
+    caller adds the quantum to ``margin_s`` (``ReadFromBroker(release_delay_s=...)``).
 
     >>> ledger = CommitLedger(lateness_s=10.0, margin_s=1.0)
     >>> s = ledger.new_state()

@@ -50,6 +50,7 @@ per key in sequence.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 from collections.abc import Sequence
@@ -439,15 +440,94 @@ class ShardState:
     #: :meth:`take_changes` (a key in ``dirty`` but not in ``keys`` was removed)
     dirty: set[str] = field(default_factory=set, repr=False, compare=False)
     dirty_alerts: set[str] = field(default_factory=set, repr=False, compare=False)
+    #: min-heap of ``(time_us, kind, key)`` (kind 0 = release, 1 = expiry) over
+    #: the slots' timers, so that finding the due ones costs O(due timers), not
+    #: O(keys). Lazily cleaned: an entry counts only while its key's slot still
+    #: holds that very timer. ``None`` = not built yet: built from the slots on
+    #: first use, then kept up to date by :class:`ShardLogic` (which sets every
+    #: timer through :meth:`set_timer`); code that sets slot timers or adds
+    #: slots with timers by hand afterwards calls :meth:`rebuild_timers`.
+    timer_heap: list[tuple[int, int, str]] | None = field(default=None, repr=False, compare=False)
+
+    def timers(self) -> list[tuple[int, int, str]]:
+        """The timer heap (built from the slots if needed)."""
+        h = self.timer_heap
+        if h is None or len(h) > 4 * len(self.keys) + 64:
+            h = self.rebuild_timers()
+        return h
+
+    def rebuild_timers(self) -> list[tuple[int, int, str]]:
+        """Rebuild the timer heap from the slots (drops stale entries).
+
+        >>> st = ShardState()
+        >>> st.keys["k"] = KeySlot(release_us=5, expire_us=9)
+        >>> st.rebuild_timers()
+        [(5, 0, 'k'), (9, 1, 'k')]
+        """
+        h = []
+        for key, slot in self.keys.items():
+            if slot.release_us is not None:
+                h.append((slot.release_us, 0, key))
+            if slot.expire_us is not None:
+                h.append((slot.expire_us, 1, key))
+        heapq.heapify(h)
+        self.timer_heap = h
+        return h
+
+    def set_timer(self, key: str, slot: KeySlot, kind: int, us: int | None) -> None:
+        """Set the release (``kind`` 0) or expiry (1) timer of ``key``'s ``slot``
+        to ``us`` (None: clear it), keeping the timer heap up to date.
+
+        >>> st = ShardState(); st.keys["k"] = slot = KeySlot()
+        >>> st.next_timer_us()
+        >>> st.set_timer("k", slot, 1, 70); st.set_timer("k", slot, 0, 90)
+        >>> st.next_timer_us(), slot.expire_us
+        (70, 70)
+        >>> st.set_timer("k", slot, 1, None); st.next_timer_us()
+        90
+        """
+        if kind == 0:
+            slot.release_us = us
+        else:
+            slot.expire_us = us
+        h = self.timer_heap
+        if h is not None and us is not None:
+            heapq.heappush(h, (us, kind, key))
+
+    def _holds(self, us: int, kind: int, key: str) -> bool:
+        slot = self.keys.get(key)
+        if slot is None:
+            return False
+        return (slot.release_us if kind == 0 else slot.expire_us) == us
+
+    def pop_due(self, watermark_us: int) -> list[tuple[int, int, str]]:
+        """Every timer at or below ``watermark_us``, sorted by ``(time, kind, key)``,
+        taken off the heap (the slots keep them: the caller clears what it fires).
+
+        >>> st = ShardState()
+        >>> st.keys["b"] = KeySlot(release_us=5, expire_us=9); st.keys["a"] = KeySlot(expire_us=5)
+        >>> st.pop_due(8), st.pop_due(8), st.next_timer_us()
+        ([(5, 0, 'b'), (5, 1, 'a')], [], 9)
+        """
+        h = self.timers()
+        due = set()
+        pop = heapq.heappop
+        holds = self._holds
+        while h and h[0][0] <= watermark_us:
+            entry = pop(h)
+            if holds(*entry):
+                due.add(entry)
+        return sorted(due)
 
     def next_timer_us(self) -> int | None:
         """Earliest timer of any key (microseconds), None if none is set."""
-        best = None
-        for slot in self.keys.values():
-            for t in (slot.release_us, slot.expire_us):
-                if t is not None and (best is None or t < best):
-                    best = t
-        return best
+        h = self.timers()
+        holds = self._holds
+        while h:
+            if holds(*h[0]):
+                return h[0][0]
+            heapq.heappop(h)
+        return None
 
     @staticmethod
     def _slot_plain(key: str, s: KeySlot) -> tuple:
@@ -593,14 +673,16 @@ class ShardLogic:
             f"{processed_until:.3f} by more than allowed_lateness_s={self._lateness:g}",
         )
 
-    def _arm_expiry(self, meta: _Meta, slot: KeySlot, timers: dict | None) -> None:
+    def _arm_expiry(
+        self, st: ShardState, key: str, meta: _Meta, slot: KeySlot, timers: dict | None
+    ) -> None:
         target = min(meta.last_ts + self._ttl, _MAX_TIMER_S)
         if meta.expire_at < meta.last_ts + self._ttl / 2.0:
             meta.expire_at = target
             if timers is None:
-                slot.expire_us = _micros(target)
+                st.set_timer(key, slot, 1, _micros(target))
             else:
-                timers[(id(slot), 1)] = (slot, _micros(target))
+                timers[(id(slot), 1)] = (key, slot, _micros(target))
 
     def _step(self, key: str, state: KeyState, event: Event, meta: _Meta, counts, out) -> None:
         res = self.key_logic.step(state, event.ts, event.values)
@@ -646,7 +728,7 @@ class ShardLogic:
                     meta.max_seen = ts
                 if meta.timer_at == _INF:
                     meta.timer_at = min(ts + lateness, _MAX_TIMER_S)
-                    slot.release_us = _micros(meta.timer_at)
+                    st.set_timer(key, slot, 0, _micros(meta.timer_at))
                 continue
             if ts < meta.last_ts - lateness:
                 late.append(self._late(e, meta.last_ts, counts))
@@ -659,7 +741,7 @@ class ShardLogic:
             self._step(key, self._state(slot), e, meta, counts, out)
             meta.last_ts = max(meta.last_ts, ts)
             meta.released_until = meta.last_ts - lateness
-            self._arm_expiry(meta, slot, None)
+            self._arm_expiry(st, key, meta, slot, None)
         return late
 
     # -- timers ----------------------------------------------------------------
@@ -669,16 +751,10 @@ class ShardLogic:
         out: list[Pending] = []
         keys = st.keys
         while True:
-            due = []
-            for key, slot in keys.items():
-                r, x = slot.release_us, slot.expire_us
-                if r is not None and r <= watermark_us:
-                    due.append((r, 0, key))
-                if x is not None and x <= watermark_us:
-                    due.append((x, 1, key))
+            # the timers due at the start of the round, in (time, kind, key) order
+            due = st.pop_due(watermark_us)
             if not due:
                 return out
-            due.sort()
             timers: dict = {}
             for fire_us, kind, key in due:
                 st.dirty.add(key)
@@ -692,11 +768,8 @@ class ShardLogic:
                         slot.expire_us = None
                     self._on_expire(st, key, fire_us, timers, counts, out)
             # timers set during the round are committed at its end
-            for (_, kind), (slot, us) in timers.items():
-                if kind == 0:
-                    slot.release_us = us
-                else:
-                    slot.expire_us = us
+            for (_, kind), (key, slot, us) in timers.items():
+                st.set_timer(key, slot, kind, us)
 
     def _on_release(self, st, key, fire_us, timers, counts, out) -> None:
         slot = st.keys.get(key)
@@ -714,19 +787,34 @@ class ShardLogic:
         if ready:
             ready.sort(key=_sort_key)
             state = self._state(slot)
+            step = self.key_logic.step
+            escalated = 0
             for e in ready:
-                self._step(key, state, e, meta, counts, out)
+                res = step(state, e.ts, e.values)
+                if res.escalated:
+                    escalated += 1
+                    seq = meta.next_seq
+                    meta.next_seq += 1
+                    out.append(
+                        Pending(
+                            key, Scored(e, res.features, res.stage1, res.reasons, True, seq=seq)
+                        )
+                    )
+            # as _step, per event
+            counts["processed"] = counts.get("processed", 0) + len(ready)
+            if escalated:
+                counts["escalated"] = counts.get("escalated", 0) + escalated
             meta.released_until = max(meta.released_until, ready[-1].ts)
             meta.last_ts = max(meta.last_ts, ready[-1].ts)
             slot.buffer = later
         if later:
             due = min(max(e.ts for e in later) + lateness, _MAX_TIMER_S)
             meta.timer_at = due
-            timers[(id(slot), 0)] = (slot, _micros(due))
+            timers[(id(slot), 0)] = (key, slot, _micros(due))
         else:
             meta.timer_at = _INF
         if meta.last_ts > -_INF:
-            self._arm_expiry(meta, slot, timers)
+            self._arm_expiry(st, key, meta, slot, timers)
 
     def _on_expire(self, st, key, fire_us, timers, counts, out) -> None:
         slot = st.keys.get(key)
@@ -742,7 +830,7 @@ class ShardLogic:
             target = None
         if target is not None:
             meta.expire_at = min(target, _MAX_TIMER_S)
-            timers[(id(slot), 1)] = (slot, _micros(meta.expire_at))
+            timers[(id(slot), 1)] = (key, slot, _micros(meta.expire_at))
             return
         del st.keys[key]
         # timers this round set for the key die with it (Beam's would fire on no state)

@@ -422,6 +422,94 @@ class RollingFeatures:
                 out.extend(self._zeros[: nh - 1])
         return tuple(out)
 
+    def step_model(
+        self, buf: list[float], dt: float, age: float, xs: Sequence[float]
+    ) -> list[float]:
+        """The features of :meth:`step` without the per-horizon z-scores (the
+        ``log_ratio``, ``log_gap_rel`` and ``log_burst`` entries, in ``names``
+        order, as a new list), then learn the event exactly as :meth:`step` does;
+        the decays are computed here (:meth:`decays`). The fast path of
+        :class:`~streamsift.models.keylogic.KeyLogic`, whose model input leaves
+        the z-scores out: the same floating-point operations in the same order,
+        so every value and the buffer are bit-identical to :meth:`step`'s.
+
+        >>> rf = RollingFeatures(("cpu",), (60.0, 3600.0))
+        >>> a, b = rf.new_buffer(), rf.new_buffer()
+        >>> for i, x in enumerate([10.0, 12.0, 10.0, 12.0, 20.0]):
+        ...     dt = 60.0 * (i > 0)
+        ...     full = rf.step(a, rf.decays(dt), dt, 60.0 * i, [x])
+        ...     tail = rf.step_model(b, dt, 60.0 * i, [x])
+        >>> tail == list(full[2:]), a == b, [round(v, 3) for v in tail]
+        (True, True, [0.597, 0.289, -0.533])
+        """
+        stride = self.stride
+        nh = self.n_horizons
+        last = (nh - 1) * stride
+        w_long = buf[last]
+        if w_long <= 0.0:
+            self._learn_first(buf, xs)
+            return list(self._zeros[nh * self.n_fields :])
+        # state before the event: baseline (longest horizon) and counts
+        m_longs = buf[last + 1 : last + stride : 4]
+        counts = buf[0 : nh * stride : stride]
+        inv_taus = self._inv_taus
+        # learn the event in every horizon (the arithmetic of step, without the z-scores)
+        base = 0
+        for k in inv_taus:
+            d = _exp(-dt * k)
+            w0 = buf[base] * d
+            w = w0 + 1.0
+            buf[base] = w
+            inv = 1.0 / w
+            keep = w0 * inv
+            p = base + 1
+            for x in xs:
+                m = buf[p]
+                delta = x - m
+                mn = m + delta * inv
+                buf[p] = mn
+                buf[p + 1] = (buf[p + 1] + delta * delta * inv) * keep
+                lo = mn + (buf[p + 2] - mn) * d
+                buf[p + 2] = x if x < lo else lo
+                hi = mn + (buf[p + 3] - mn) * d
+                buf[p + 3] = x if x > hi else hi
+                p += 4
+            base += stride
+        out: list[float] = []
+        app = out.append
+        # ratio to the baseline
+        for x, m in zip(xs, m_longs, strict=True):
+            if x == m:
+                app(0.0)
+                continue
+            den = m
+            if -RATIO_FLOOR < den < RATIO_FLOOR:
+                den = RATIO_FLOOR if den >= 0.0 else -RATIO_FLOOR
+            u = x / den - 1.0
+            lr = _log1p(u) if u >= 0.0 else -_log1p(-u)
+            app(50.0 if lr > 50.0 else (-50.0 if lr < -50.0 else lr))
+        # time since the previous event relative to the usual spacing
+        taus = self.taus
+        tau_l = taus[-1]
+        inv_l = inv_taus[-1]
+        if dt > 0.0:
+            age_prev = age - dt
+            eff_prev = -tau_l * _expm1(-age_prev * inv_l) if age_prev > 0.0 else 0.0
+            app(_bound(_log(dt * w_long / eff_prev + GAP_EPS)) if eff_prev > 0.0 else 0.0)
+        else:
+            app(_LOG_GAP_EPS)
+        # burstiness: log(rate_h / rate_longest)
+        if nh > 1:
+            eff_long = -tau_l * _expm1(-age * inv_l) if age > 0.0 else 0.0
+            if eff_long > 0.0:
+                lr_long = _log(w_long) - dt * inv_l - _log(eff_long)
+                for h in range(nh - 1):
+                    eff_h = -taus[h] * _expm1(-age * inv_taus[h])
+                    app(_bound(_log(counts[h]) - dt * inv_taus[h] - _log(eff_h) - lr_long))
+            else:
+                out.extend(self._zeros[: nh - 1])
+        return out
+
     def _learn_first(self, buf: list[float], xs: Sequence[float]) -> None:
         # first event, or every horizon forgotten: the event is the whole history
         stride = self.stride

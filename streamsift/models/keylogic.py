@@ -13,8 +13,9 @@ reasons) and, unless disabled, :class:`~streamsift.models.seasonal.SeasonalDetec
 that round-trips through :meth:`KeyLogic.encode_state` /
 :meth:`KeyLogic.decode_state` as a compact explicit little-endian binary (no
 pickle; 1.6-1.9 KB for 8 fields and 3 horizons without the detector, plus its
-float32 buffer, ``4 * (17 + F * (6 * season_bins + 7))`` bytes: 4.7 KB for 4
-fields and 48 bins; 0.9 + 4.7 = 5.7 KB per key for 4 fields with the defaults).
+compact state, ``8 + 4 * (2 + likelihood_window) + 44 F + 4 F season_bins`` bytes
+(see :mod:`~streamsift.models.seasonal`): 1.0 KB for 4 fields and 48 bins;
+918 + 1,000 = 1,918 bytes per key for 4 fields with the defaults).
 ``step`` is causal: the
 features and the score of an event are computed from the state before it, then
 the state learns the event. State per key is O(fields x (horizons + season_bins)),
@@ -37,8 +38,6 @@ True
 from __future__ import annotations
 
 import struct
-import sys
-from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -47,28 +46,24 @@ import numpy as np
 
 from streamsift.config import DetectorConfig, FeatureConfig, PrefilterConfig
 from streamsift.models.features import MAX_ABS_VALUE, MAX_DT_S, RollingFeatures
-from streamsift.models.prefilter import Prefilter
-from streamsift.models.seasonal import DETECTOR_REASON, DetectorResult, SeasonalDetector
+from streamsift.models.prefilter import Z_BOUND, Prefilter
+from streamsift.models.seasonal import (
+    DETECTOR_REASON,
+    DetectorResult,
+    SeasonalDetector,
+    SeasonalState,
+)
 from streamsift.records import Reason
 
 __all__ = ["KeyState", "StepResult", "KeyLogic", "compute_features"]
 
-_FORMAT_VERSION = 3
+_FORMAT_VERSION = 4
 _METHOD_CODES = {"ewma": 0, "mad": 1}
 #: version, method, n_fields, n_horizons, n events, first_ts, last_ts
 _HEADER = struct.Struct("<BBHHQdd")  # module level: KeyLogic itself stays picklable
 _Z_CLIP = 50.0
-_BIG_ENDIAN = sys.byteorder == "big"
-
-
-def _f32_bytes(buf: array | list[float]) -> bytes:
-    """Little-endian float32 bytes of a detector buffer."""
-    if not isinstance(buf, array) or buf.typecode != "f":
-        buf = array("f", buf)
-    if _BIG_ENDIAN:
-        buf = array("f", buf)
-        buf.byteswap()
-    return buf.tobytes()
+#: the stage-1 z-scores are already clipped to +-Z_BOUND: clipping them again is a no-op
+_ZS_CLIPPED = Z_BOUND <= _Z_CLIP
 
 
 @dataclass
@@ -79,8 +74,8 @@ class KeyState:
     * ``first_ts`` / ``last_ts``: event time of its first and latest event;
     * ``rolling``: rolling-feature buffer (layout: :class:`RollingFeatures`);
     * ``prefilter``: stage-1 buffer (layout: :class:`Prefilter`);
-    * ``detector``: :class:`SeasonalDetector` buffer (float32 ``array("f")``;
-      an empty list when disabled).
+    * ``detector``: :class:`~streamsift.models.seasonal.SeasonalState` (an
+      empty list when the detector is disabled).
 
     >>> KeyState().n
     0
@@ -91,7 +86,7 @@ class KeyState:
     last_ts: float = 0.0
     rolling: list[float] = field(default_factory=list)
     prefilter: list[float] = field(default_factory=list)
-    detector: array | list[float] = field(default_factory=list)
+    detector: SeasonalState | list[float] = field(default_factory=list)
 
 
 class StepResult(NamedTuple):
@@ -166,6 +161,14 @@ class KeyLogic:
         # adapt to a persisting anomaly within a horizon), measured on the
         # synthetic stream; they stay available through :meth:`describe`.
         self._model_idx = tuple(i for i, n in enumerate(self._rolling.names) if ".z_" not in n)
+        n_z = self._rolling.n_horizons * self._rolling.n_fields
+        if self._model_idx != tuple(range(n_z, len(self._rolling.names))):
+            # step() takes the model part from RollingFeatures.step_model: the
+            # features after the n_horizons * n_fields z-scores, in order
+            raise ValueError(
+                f"rolling feature names must put the {n_z} z-scores first; "
+                f"got {self._rolling.names}"
+            )
         self.feature_names: tuple[str, ...] = tuple(
             self._rolling.names[i] for i in self._model_idx
         ) + tuple(f"s1.{name}" for name in self.signal_names)
@@ -173,7 +176,7 @@ class KeyLogic:
         self.prefilter_config = prefilter
         self.detector_config = detector
         self._detector = SeasonalDetector(self.field_names, detector) if detector.enabled else None
-        self._det_size = self._detector.size if self._detector is not None else 0
+        self._det_size = self._detector.nbytes if self._detector is not None else 0
         self._det_escalate = self._detector is not None and detector.escalate
         self._alert_score = detector.alert_score
         self._det_warmup = detector.warmup_events
@@ -187,8 +190,8 @@ class KeyLogic:
         # a format string, not a struct.Struct, so that KeyLogic stays picklable
         self._body_fmt = f"<{self._n_floats}d"
         self._body_size = struct.calcsize(self._body_fmt)
-        # the detector buffer follows as little-endian float32
-        self.state_size = _HEADER.size + self._body_size + 4 * self._det_size
+        # the detector's state follows (SeasonalDetector.encode)
+        self.state_size = _HEADER.size + self._body_size + self._det_size
 
     def new_state(self) -> KeyState:
         """Empty state of a key that has not been seen yet."""
@@ -220,12 +223,16 @@ class KeyLogic:
         ts = float(ts)
         if ts - ts != 0.0:
             raise ValueError(f"ts must be a finite number of seconds; got {ts!r}")
-        xs = []
-        for v in values:
-            x = float(v)
+        xs = [float(v) for v in values]
+        for x in xs:
             if not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE:
-                x = MAX_ABS_VALUE if x > 0.0 else (-MAX_ABS_VALUE if x < 0.0 else 0.0)
-            xs.append(x)
+                xs = [
+                    x
+                    if -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE
+                    else (MAX_ABS_VALUE if x > 0.0 else (-MAX_ABS_VALUE if x < 0.0 else 0.0))
+                    for x in xs
+                ]
+                break
         n = state.n
         if n == 0:
             state.first_ts = state.last_ts = ts
@@ -241,8 +248,9 @@ class KeyLogic:
         age = state.last_ts - state.first_ts
         if age > MAX_DT_S:
             age = MAX_DT_S
-        rolling = self._rolling
-        feats = rolling.step(state.rolling, rolling.decays(dt), dt, age, xs)
+        # the model input: the rolling features without their z-scores (see
+        # __init__), computed without them, then the stage-1 deviations
+        feats = self._rolling.step_model(state.rolling, dt, age, xs)
         score, reasons, zs = self._prefilter.step(state.prefilter, n, dt, xs)
         det = self._detector
         dres = det.step(state.detector, ts, xs) if det is not None else None
@@ -251,11 +259,12 @@ class KeyLogic:
         # The stage-1 deviations join the model input: their baselines do not
         # learn from flagged points, so a persisting anomaly stays visible to
         # stage 2 (the rolling features adapt to it within a horizon).
-        lim = _Z_CLIP
-        feats = (
-            *[feats[i] for i in self._model_idx],
-            *(lim if z > lim else (-lim if z < -lim else z) for z in zs),
-        )
+        if _ZS_CLIPPED:
+            feats.extend(zs)
+        else:  # pragma: no cover - only if the bounds are changed apart
+            app = feats.append
+            for z in zs:
+                app(_Z_CLIP if z > _Z_CLIP else (-_Z_CLIP if z < -_Z_CLIP else z))
         if self._det_escalate and n + 1 >= self._det_warmup:
             if anomaly >= self._alert_score:
                 escalated = True
@@ -268,7 +277,7 @@ class KeyLogic:
                 )
         else:
             escalated = n >= self._warmup and score >= self._threshold
-        return StepResult(feats, score, reasons, escalated, anomaly)
+        return StepResult(tuple(feats), score, reasons, escalated, anomaly)
 
     def _detector_reasons(self, dres: DetectorResult) -> tuple[Reason, ...]:
         """The detector's verdict line, then its most deviating fields (|z| >= 3,
@@ -307,17 +316,19 @@ class KeyLogic:
     def encode_state(self, state: KeyState) -> bytes:
         """Compact little-endian binary of ``state``: a 30-byte header
         (version, method, field and horizon counts, event count, first/last ts),
-        the float64 rolling and stage-1 buffers, then the float32 detector buffer."""
+        the float64 rolling and stage-1 buffers, then the detector's state
+        (:meth:`SeasonalDetector.encode`, ``nbytes``)."""
         n_rolling = len(state.rolling)
-        if (
-            n_rolling != self._rolling.size
-            or len(state.prefilter) != self._prefilter.size
-            or len(state.detector) != self._det_size
-        ):
+        if n_rolling != self._rolling.size or len(state.prefilter) != self._prefilter.size:
             raise ValueError(
-                f"state buffers must hold {self._rolling.size} + {self._prefilter.size} + "
-                f"{self._det_size} floats for this KeyLogic; got {n_rolling} + "
-                f"{len(state.prefilter)} + {len(state.detector)}"
+                f"state buffers must hold {self._rolling.size} + {self._prefilter.size} "
+                f"floats for this KeyLogic; got {n_rolling} + {len(state.prefilter)}"
+            )
+        det = self._detector
+        if det is not None and not isinstance(state.detector, SeasonalState):
+            raise ValueError(
+                "state.detector must be a SeasonalState for this KeyLogic; "
+                f"got {type(state.detector).__name__}"
             )
         return (
             _HEADER.pack(
@@ -330,7 +341,7 @@ class KeyLogic:
                 state.last_ts,
             )
             + struct.pack(self._body_fmt, *state.rolling, *state.prefilter)
-            + _f32_bytes(state.detector)
+            + (det.encode(state.detector) if det is not None else b"")
         )
 
     def decode_state(self, data: bytes) -> KeyState:
@@ -351,12 +362,9 @@ class KeyLogic:
             )
         body = list(struct.unpack_from(self._body_fmt, data, _HEADER.size))
         k = self._rolling.size
-        detector: array | list[float] = []
-        if self._det_size:
-            detector = array("f")
-            detector.frombytes(data[_HEADER.size + self._body_size :])
-            if _BIG_ENDIAN:
-                detector.byteswap()
+        detector: SeasonalState | list[float] = []
+        if self._detector is not None:
+            detector = self._detector.decode(data[_HEADER.size + self._body_size :])
         return KeyState(n, first_ts, last_ts, body[:k], body[k:], detector)
 
 

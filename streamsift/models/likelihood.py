@@ -16,15 +16,18 @@ so the output is causal. A stream whose raw scores are always high (noisy) has
 a high ``m`` and large ``sd``: the same raw score yields a lower likelihood there
 than on a quiet stream.
 
-State is a flat ``list[float]`` (layout in :class:`AnomalyLikelihood`), so it
-can be embedded in a larger per-key buffer and encoded as float64.
+State is a flat buffer of ``2 + window`` floats (layout in
+:class:`AnomalyLikelihood`), so it can be embedded in a larger per-key buffer.
+The number of scores learnt before is not stored: the caller passes it (the
+ring position, its fill and the long-term weight follow from it), so a buffer
+of ``array("f")`` holds no more than the statistics themselves.
 
 >>> lik = AnomalyLikelihood(window=3, half_life=100.0)
 >>> buf = lik.new_buffer()
->>> tails = [lik.step(buf, 0, 0.1 + 0.01 * (i % 2)) for i in range(200)]
+>>> tails = [lik.step(buf, 0, 0.1 + 0.01 * (i % 2), i) for i in range(200)]
 >>> round(tails[-1], 3) > 0.01          # ordinary: not in the tail
 True
->>> lik.step(buf, 0, 0.9) < 1e-6       # a jump of the short-term mean: far in the tail
+>>> lik.step(buf, 0, 0.9, 200) < 1e-6   # a jump of the short-term mean: far in the tail
 True
 """
 
@@ -61,15 +64,20 @@ def tail_to_score(tail: float, decades: float = 12.0) -> float:
 class AnomalyLikelihood:
     """Tail probability of the short-term mean of raw scores (see the module doc).
 
-    Buffer layout from offset ``o`` (``size`` floats): weight, mean, variance,
-    ring position, ring fill, then ``window`` ring slots.
+    Buffer layout from offset ``o`` (``size`` floats): mean, variance, then
+    ``window`` ring slots. :meth:`step` takes ``n``, the number of scores the
+    buffer has learnt before: the ring position is ``n % window``, its fill
+    ``min(n, window)``, and the long-term weight after ``n`` scores is
+    ``(1 - (1 - alpha) ** n) / alpha`` (a new mean learns with
+    ``1 / weight``, at least ``alpha``).
 
-    ``learn_one`` / ``score_one`` keep an internal buffer for standalone use
-    (``score_one`` is read-only; ``step`` on a caller's buffer scores and learns).
+    ``learn_one`` / ``score_one`` keep an internal buffer and count for
+    standalone use (``score_one`` is read-only; ``step`` on a caller's buffer
+    scores and learns).
 
     >>> lik = AnomalyLikelihood(window=2, half_life=50.0)
     >>> lik.size
-    7
+    4
     >>> for x in [1.0, 1.2] * 50:
     ...     lik.learn_one(x)
     >>> round(lik.score_one(1.0), 3), lik.score_one(5.0) < 1e-9
@@ -80,7 +88,7 @@ class AnomalyLikelihood:
     ValueError: window must be an integer >= 1; got 0
     """
 
-    HEADER = 5
+    HEADER = 2
 
     def __init__(self, window: int = 10, half_life: float = 500.0, min_sd: float = 0.01) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -93,62 +101,71 @@ class AnomalyLikelihood:
         self.half_life = float(half_life)
         self.min_sd = float(min_sd)
         self._alpha = 1.0 - 0.5 ** (1.0 / self.half_life)
+        self._keep = 1.0 - self._alpha
+        # past this count (1 - alpha) ** n is negligible: the rate is alpha itself
+        self._settled = int(math.log(1e-12) / math.log(self._keep)) + 1 if self._keep > 0 else 1
         self.size = self.HEADER + window
         self._own = self.new_buffer()
+        self._n = 0
 
     def new_buffer(self) -> list[float]:
         """A zeroed state buffer."""
         return [0.0] * self.size
 
-    def _short_mean(self, buf: list[float], o: int, raw: float) -> tuple[float, int, int]:
-        """Short-term mean including ``raw`` (not stored), slot to write, new fill."""
-        w = self.window
-        pos = int(buf[o + 3])
-        fill = int(buf[o + 4])
-        ring = buf[o + self.HEADER : o + self.HEADER + w]
-        total = sum(ring) if fill >= w else sum(ring[:fill])
-        if fill >= w:
-            total -= ring[pos]
-            new_fill = w
-        else:
-            new_fill = fill + 1
-        return (total + raw) / new_fill, pos, new_fill
+    def rate(self, n: int) -> float:
+        """Learning rate of the ``n``-th score after the first (``n >= 1``): the
+        reciprocal of the long-term weight ``(1 - (1 - alpha) ** (n + 1)) / alpha``.
 
-    def _tail(self, buf: list[float], o: int, avg: float) -> float:
-        if buf[o] <= 0.0:
+        >>> lik = AnomalyLikelihood(half_life=1.0)
+        >>> lik.rate(1), lik.rate(10**6)
+        (0.6666666666666666, 0.5)
+        """
+        if n >= self._settled:
+            return self._alpha
+        return self._alpha / (1.0 - self._keep ** (n + 1))
+
+    def _short_mean(self, buf, o: int, raw: float, n: int) -> tuple[float, int]:
+        """Short-term mean including ``raw`` (not stored) and the slot to write."""
+        w = self.window
+        h = o + self.HEADER
+        pos = n % w
+        if n >= w:
+            total = sum(buf[h : h + w]) - buf[h + pos]
+            return (total + raw) / w, pos
+        return (sum(buf[h : h + n]) + raw) / (n + 1), pos
+
+    def _tail(self, buf, o: int, avg: float, n: int) -> float:
+        if n <= 0:
             return 0.5
-        sd = math.sqrt(buf[o + 2]) if buf[o + 2] > 0.0 else 0.0
+        v = buf[o + 1]
+        sd = math.sqrt(v) if v > 0.0 else 0.0
         if sd < self.min_sd:
             sd = self.min_sd
-        return 0.5 * math.erfc((avg - buf[o + 1]) / (sd * _SQRT2))
+        return 0.5 * math.erfc((avg - buf[o]) / (sd * _SQRT2))
 
-    def step(self, buf: list[float], o: int, raw: float) -> float:
+    def step(self, buf, o: int, raw: float, n: int) -> float:
         """Tail probability (in (0, 1]; small = anomalous) of ``raw`` joining the
-        short-term window, from the state before it; then learn it."""
-        avg, pos, fill = self._short_mean(buf, o, raw)
-        tail = self._tail(buf, o, avg)
+        short-term window, from the state before it; then learn it. ``n``: the
+        scores learnt into this buffer before (0 for a new one)."""
+        avg, pos = self._short_mean(buf, o, raw, n)
+        tail = self._tail(buf, o, avg, n)
         buf[o + self.HEADER + pos] = raw
-        buf[o + 3] = float((pos + 1) % self.window)
-        buf[o + 4] = float(fill)
-        w = buf[o]
-        if w <= 0.0:
-            buf[o] = 1.0
-            buf[o + 1] = avg
-            buf[o + 2] = 0.0
+        if n <= 0:
+            buf[o] = avg
+            buf[o + 1] = 0.0
         else:
-            w = w * (1.0 - self._alpha) + 1.0
-            a = self._alpha if self._alpha > 1.0 / w else 1.0 / w
-            d = avg - buf[o + 1]
-            buf[o] = w
-            buf[o + 1] += a * d
-            buf[o + 2] = (1.0 - a) * (buf[o + 2] + a * d * d)
+            a = self._alpha if n >= self._settled else self._alpha / (1.0 - self._keep ** (n + 1))
+            d = avg - buf[o]
+            buf[o] += a * d
+            buf[o + 1] = (1.0 - a) * (buf[o + 1] + a * d * d)
         return tail
 
     def learn_one(self, raw: float) -> None:
         """Learn one raw score into the internal buffer."""
-        self.step(self._own, 0, raw)
+        self.step(self._own, 0, raw, self._n)
+        self._n += 1
 
     def score_one(self, raw: float) -> float:
         """Tail probability of ``raw`` against the internal buffer (read-only)."""
-        avg, _, _ = self._short_mean(self._own, 0, raw)
-        return self._tail(self._own, 0, avg)
+        avg, _ = self._short_mean(self._own, 0, raw, self._n)
+        return self._tail(self._own, 0, avg, self._n)

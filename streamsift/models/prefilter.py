@@ -567,6 +567,8 @@ class Prefilter:
         self.threshold = cfg.escalate_score
         self.warmup = cfg.warmup_events
         self.max_reasons = 5
+        # the EWMA detector's kernels are fused into one pass (_step_ewma)
+        self._fused = type(self.detector) is EWMAZScore
 
     def new_buffer(self) -> list[float]:
         """A zeroed state buffer for a new key."""
@@ -579,6 +581,8 @@ class Prefilter:
         the previous one, ``xs`` = clamped values), then learn it. Returns the
         suspicion score, when it is >= ``escalate_score`` the reasons, and the
         signed z-score of every signal (in ``signal_names`` order)."""
+        if self._fused:
+            return self._step_ewma(buf, n, dt, xs)
         det = self.detector
         zscores = det.zscores_at
         w = self.width
@@ -653,6 +657,226 @@ class Prefilter:
             for i, (x, pv, q) in enumerate(
                 zip(xs, buf[po : po + nf], buf[qo : qo + nf], strict=True)
             ):
+                step = x - pv if x > pv else pv - x
+                if step > 0.0 and (step < q or q == 0.0):
+                    buf[qo + i] = step
+        buf[po : po + nf] = xs
+        return score, reasons, allz
+
+    def _step_ewma(
+        self, buf: list[float], n: int, dt: float, xs: Sequence[float]
+    ) -> tuple[float, tuple[Reason, ...], list[float]]:
+        """:meth:`step` for :class:`EWMAZScore` with its kernels (``zscores_at``,
+        ``scales_at``, ``update_many``, ``decay_factor``) inlined: the same
+        floating-point operations in the same order, so the results and the
+        buffer are bit-identical to the generic path's (flagged points,
+        re-adaptations and reasons included):
+
+        >>> import random
+        >>> rng = random.Random(3)
+        >>> fast = Prefilter(("a", "b", "c"), PrefilterConfig(warmup_events=5, readapt_after=3))
+        >>> slow = Prefilter(("a", "b", "c"), PrefilterConfig(warmup_events=5, readapt_after=3))
+        >>> slow._fused = False
+        >>> bf, bs, same, flagged = fast.new_buffer(), slow.new_buffer(), True, 0
+        >>> for n in range(400):
+        ...     dt = rng.choice([0.0, 5.0, 60.0, 600.0])
+        ...     xs = [rng.gauss(10.0, 1.0) + 40.0 * (n % 50 > 45), float(rng.randint(0, 2)),
+        ...           rng.gauss(0.0, 3.0)]
+        ...     a, b = fast.step(bf, n, dt, xs), slow.step(bs, n, dt, xs)
+        ...     same = same and repr(a) == repr(b) and repr(bf) == repr(bs)
+        ...     flagged += a[0] >= 3.0
+        >>> same, flagged > 20
+        (True, True)
+        """
+        det = self.detector
+        w = self.width
+        nf = self.n_fields
+        qo = self.quantum_offset
+        og = self.gap_offset
+        co = self.corr_offset
+        pgo = self.prev_gap_offset
+        quanta = buf[qo : qo + nf]
+        # The fields' slots are scored and learned in one pass (a field's update
+        # depends on its own z only); the reasons, built after all signals are
+        # scored, read the slots as they were before the event (``pre``).
+        pre = buf[: nf * w]
+        d = _exp(-(dt if dt < _MAX_DT else _MAX_DT) * det._k) if dt > 0.0 else 1.0
+        warm = n >= self.warmup
+        lim = det.threshold if warm else math.inf
+        readapted = None
+        allz: list[float] = []
+        zapp = allz.append
+        absz: list[float] = []
+        aapp = absz.append
+        fine: list[bool] = []
+        fapp = fine.append
+        o = 0
+        k = 0
+        for x, q in zip(xs, quanta, strict=True):
+            wgt = buf[o]
+            var = buf[o + 2]
+            sd = _sqrt(var)
+            fapp(q < sd)
+            # -- score (state before the event)
+            if wgt > 0.0:
+                mean = buf[o + 1]
+                fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
+                f2 = 0.5 * q
+                if f2 > fl:
+                    fl = f2
+                z = (x - mean) / (sd if sd > fl else fl)
+                if z >= 0.0:
+                    if z > Z_BOUND:
+                        z = Z_BOUND
+                    az = z
+                else:
+                    if z < -Z_BOUND:
+                        z = -Z_BOUND
+                    az = -z
+                zapp(z)
+                aapp(az)
+            else:
+                az = 0.0
+                zapp(0.0)
+                aapp(0.0)
+            # -- learn (det.update_many, inlined)
+            if az >= lim:
+                if det._flag_at(buf, o, x, d) == READAPTED:
+                    readapted = (readapted or []) + [k]
+            else:
+                w0 = wgt * d
+                wn = w0 + 1.0
+                buf[o] = wn
+                if w0 > 0.0:
+                    inv = 1.0 / wn
+                    m = buf[o + 1]
+                    delta = x - m
+                    buf[o + 1] = m + delta * inv
+                    buf[o + 2] = (var + delta * delta * inv) * (w0 * inv)
+                else:
+                    buf[o + 1] = x
+                    buf[o + 2] = 0.0
+                buf[o + 3] = 0.0
+            o += w
+            k += 1
+        zg = 0.0
+        g = 0.0
+        if n > 0:
+            g = _log(dt + GAP_FLOOR_S)
+            if buf[og] > 0.0:
+                v = g
+                mean = buf[og + 1]
+                if g < mean and n > 1:
+                    gp = _log(buf[pgo] + GAP_FLOOR_S)
+                    if gp > v:
+                        v = gp if gp < mean else mean
+                sd = _sqrt(buf[og + 2])
+                fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
+                z = (v - mean) / (sd if sd > fl else fl)
+                zg = Z_BOUND if z > Z_BOUND else (-Z_BOUND if z < -Z_BOUND else z)
+        zs = allz[:nf]
+        zapp(zg)
+        aapp(zg if zg >= 0.0 else -zg)
+        cs: list[float | None] = []
+        if nf > 1:
+            # a pair is active (not None) while both fields are resolved finer than
+            # their spread (for counts such as errors in {0, 1, 2} a residual means nothing)
+            capp = cs.append
+            o = og + w
+            for p in range(nf - 1):
+                if fine[p] and fine[p + 1]:
+                    c = zs[p + 1] - buf[co + p] * zs[p]
+                    capp(c)
+                    if buf[o] > 0.0:
+                        mean = buf[o + 1]
+                        sd = _sqrt(buf[o + 2])
+                        fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
+                        z = (c - mean) / (sd if sd > fl else fl)
+                        z = Z_BOUND if z > Z_BOUND else (-Z_BOUND if z < -Z_BOUND else z)
+                        zapp(z)
+                        aapp(z if z >= 0.0 else -z)
+                    else:
+                        zapp(0.0)
+                        aapp(0.0)
+                else:
+                    capp(None)
+                    zapp(0.0)
+                    aapp(0.0)
+                o += w
+        score = max(absz)
+        thr = self.threshold
+        if score >= thr:
+            # the field slots as they were before the event, the others not learned yet
+            reasons = self._reasons(pre + buf[nf * w :], absz, allz, xs, dt, cs)
+        else:
+            reasons = ()
+        # -- learn the other signals -------------------------------------------
+        if n > 0:
+            o = og
+            if absz[nf] >= lim:
+                det._flag_at(buf, o, g, d)
+            else:
+                w0 = buf[o] * d
+                wn = w0 + 1.0
+                buf[o] = wn
+                if w0 > 0.0:
+                    inv = 1.0 / wn
+                    m = buf[o + 1]
+                    delta = g - m
+                    buf[o + 1] = m + delta * inv
+                    buf[o + 2] = (buf[o + 2] + delta * delta * inv) * (w0 * inv)
+                else:
+                    buf[o + 1] = g
+                    buf[o + 2] = 0.0
+                buf[o + 3] = 0.0
+            buf[pgo] = dt
+        if nf > 1:
+            if readapted is not None:
+                # a field jumped to a new level: its pairs' deviations were relative to
+                # the old one, so their runs end and they learn nothing now
+                cs = [None if p in readapted or p + 1 in readapted else c for p, c in enumerate(cs)]
+            # the pair slots (det.update_many, inlined), then the learned
+            # correlation of each pair from points none of its signals flagged
+            lim_c = thr if warm else math.inf
+            o = og + w
+            for p, c in enumerate(cs):
+                if c is None:
+                    buf[o] *= d
+                    buf[o + 3] = 0.0
+                    o += w
+                    continue
+                az = absz[nf + 1 + p]
+                if az >= lim:
+                    det._flag_at(buf, o, c, d)
+                else:
+                    w0 = buf[o] * d
+                    wn = w0 + 1.0
+                    buf[o] = wn
+                    if w0 > 0.0:
+                        inv = 1.0 / wn
+                        m = buf[o + 1]
+                        delta = c - m
+                        buf[o + 1] = m + delta * inv
+                        buf[o + 2] = (buf[o + 2] + delta * delta * inv) * (w0 * inv)
+                    else:
+                        buf[o + 1] = c
+                        buf[o + 2] = 0.0
+                    buf[o + 3] = 0.0
+                if absz[p] >= lim_c or absz[p + 1] >= lim_c or az >= lim_c:
+                    o += w
+                    continue
+                za = zs[p]
+                zb = zs[p + 1]
+                za = _CORR_CLIP if za > _CORR_CLIP else (-_CORR_CLIP if za < -_CORR_CLIP else za)
+                zb = _CORR_CLIP if zb > _CORR_CLIP else (-_CORR_CLIP if zb < -_CORR_CLIP else zb)
+                rho = buf[co + p]
+                rho += (za * zb - rho) / buf[o]
+                buf[co + p] = 1.0 if rho > 1.0 else (-1.0 if rho < -1.0 else rho)
+                o += w
+        # resolution of each field: smallest nonzero step between consecutive values
+        po = self.prev_offset
+        if n > 0:
+            for i, (x, pv, q) in enumerate(zip(xs, buf[po : po + nf], quanta, strict=True)):
                 step = x - pv if x > pv else pv - x
                 if step > 0.0 and (step < q or q == 0.0):
                     buf[qo + i] = step

@@ -20,8 +20,11 @@ threshold means the same on every stream. Per field it keeps
 Pre-filter policy of every seasonal bin (after 50 events of the key): a point
 with ``|z_season| >= flag_z`` is flagged and NOT learnt, so spikes and dips
 cannot drag the bin toward themselves; after ``readapt_after`` consecutive
-flagged visits of the bin it jumps to the run's mean and spread (a sustained
-level shift becomes the new normal). A visit that is not flagged ends the run.
+flagged visits of the bin it jumps by the mean offset of the field's recent
+flagged points from their bins' means (at most ``readapt_after`` of them, in a
+row) and takes their spread as its variance (a sustained level shift becomes
+the new normal). A visit that is not flagged ends the bin's run; a point that
+is not flagged ends the field's run of offsets.
 
 Raw score of an event: the largest ``max(|z_level|, |z_season|)`` over the
 fields, mapped to ``1 - exp(-z / 3)``. The raw score goes through
@@ -35,12 +38,20 @@ before ``warmup_events``. After an event scores ``>= alert_score`` the next
 incident; the likelihood and baselines keep learning).
 
 Every output depends only on the key's earlier events and the event itself
-(causal); the state is a flat float32 ``array("f")`` of fixed size
-``O(fields x season_bins)``, independent of the event rate: ``4 * (17 + F * (6 *
-season_bins + 7))`` bytes (4.7 KB for 4 fields and 48 bins). Every update is
-rounded to float32 as it is stored, so a state that is encoded and decoded
-between two events gives exactly the same scores as one kept in memory; values
-are clamped to +-``X_LIMIT`` (1e18) so that squared deviations stay finite.
+(causal). The state (:class:`SeasonalState`) has a fixed size
+``O(fields x season_bins)``, independent of the event rate: ``8 + 4 * (2 +
+likelihood_window) + 44 F + 4 F season_bins`` bytes for F fields (1,000 bytes for
+4 fields, 48 bins and a window of 10). Each bin is one 32-bit word: a 12-bit
+mean code relative to the field's seen range (``MEAN_STEPS`` codes per range,
+re-based when a value leaves their reach), a 12-bit log-scale variance code
+(``VAR_STEPS`` codes per octave) and 8 bits of visit count / run length; every
+other statistic is float32, and the counts the level baseline and the
+likelihood need are derived from the event count. Codes are rounded
+stochastically (unbiased) with a dither that is a function of the event count
+and the field, so the state stays deterministic. Every update is rounded to its
+stored precision as it is stored, so a state that is encoded and decoded between
+two events gives exactly the same scores as one kept in memory; values are
+clamped to +-``X_LIMIT`` (1e18) so that squared deviations stay finite.
 
 >>> from streamsift.config import DetectorConfig
 >>> det = SeasonalDetector(("x",), DetectorConfig(warmup_events=100, suppress_events=0))
@@ -56,14 +67,16 @@ True
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from streamsift.config import DetectorConfig
 from streamsift.models.likelihood import AnomalyLikelihood, tail_to_score
 
-__all__ = ["DETECTOR_REASON", "DetectorResult", "SeasonalDetector"]
+__all__ = ["DETECTOR_REASON", "DetectorResult", "SeasonalDetector", "SeasonalState"]
 
 #: ``Reason.feature`` of the explanation line that carries the detector's verdict
 #: (value = its score, baseline = ``alert_score``, deviation = its largest signed z)
@@ -82,12 +95,28 @@ _Z_CAP = 1e6
 #: values are clamped to +-this before they reach the float32 baselines (their
 #: squared deviations must stay finite in float32, max 3.4e38)
 X_LIMIT = 1e18
-# seasonal slot: weight, mean, variance, run count, run mean, run M2
-_SLOT = 6
-# level slot (never flags, so no run): weight, mean, variance
-_LVL = 3
-# detector header: events seen, quiet events left
-_HEAD = 2
+#: a bin's mean is a 12-bit code: ``mean = centre + step * (code - 2048)``, with
+#: ``step`` = the field's seen range / MEAN_STEPS (re-based when a value leaves
+#: the codes' reach, about 1.5 times the range)
+MEAN_STEPS = 2700.0
+_MEAN_MID = 2048
+_MEAN_MAX = 4095
+#: a bin's variance is a 12-bit code ``k``: ``var = step ** 2 * 2 ** ((k - 1) /
+#: VAR_STEPS)`` (k = 0: no spread): its standard deviation to within 0.14 %
+VAR_STEPS = 128.0
+_VAR_MAX = 4095
+_VAR_TABLE = (0.0,) + tuple(2.0 ** ((k - 1) / VAR_STEPS) for k in range(1, _VAR_MAX + 1))
+_SD_TABLE = (0.0,) + tuple(2.0 ** ((k - 1) / (2.0 * VAR_STEPS)) for k in range(1, _VAR_MAX + 1))
+# dither of the codes (stochastic rounding, deterministic: from the event count
+# and the field): fractional parts of multiples of the golden ratio
+_PHI = 0.6180339887498949
+_PSI = 0.7548776662466927
+# per-field floats: level mean, level variance, resolution, previous value, lo, hi,
+# code centre, code step, run length, run mean offset, run offset variance
+_FW = 11
+_log2 = math.log2
+_floor = math.floor
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 class DetectorResult(NamedTuple):
@@ -110,33 +139,43 @@ class DetectorResult(NamedTuple):
     deviations: tuple[tuple[float, float, float, float, bool], ...] = ()
 
 
-def _new_z(buf: array, o: int, x: float, floor: float) -> float:
-    w = buf[o]
-    if w <= 0.0:
-        return 0.0
-    m = buf[o + 1]
-    v = buf[o + 2]
-    sd = math.sqrt(v) if v > 0.0 else 0.0
-    rel = 1e-3 * (m if m >= 0.0 else -m) + 1e-9
-    if floor < rel:
-        floor = rel
-    z = (x - m) / (sd if sd > floor else floor)
-    return _Z_CAP if z > _Z_CAP else (-_Z_CAP if z < -_Z_CAP else z)
+@dataclass(eq=True, slots=True)
+class SeasonalState:
+    """Per-key state of a :class:`SeasonalDetector`; it holds exactly what
+    :meth:`SeasonalDetector.encode` writes:
+
+    * ``floats`` (float32): the likelihood's buffer, then per field 11 floats
+      (level mean and variance, resolution, previous value, lo, hi, the centre
+      and step of its bins' mean codes, and the field's run of flagged points:
+      length, mean offset from the bins' means, variance of the offsets);
+    * ``words`` (uint32, uint64 for long runs): events seen, quiet events left,
+      then per field and bin one word: the 12-bit mean code (bits 0-11), the
+      12-bit variance code (bits 12-23) and the visit count or the bin's run of
+      flagged visits (bits 24 and up).
+
+    >>> det = SeasonalDetector(("x",), DetectorConfig(season_bins=4))
+    >>> st = det.new_buffer()
+    >>> st.floats.typecode, st.words.typecode, len(st.words)
+    ('f', 'I', 6)
+    >>> det.decode(det.encode(st)) == st
+    True
+    """
+
+    floats: array
+    words: array
 
 
 class SeasonalDetector:
     """Seasonal, level and range baselines per field + anomaly likelihood, on a
-    flat buffer (see the module doc for the method).
+    compact per-key :class:`SeasonalState` (see the module doc for the method).
 
-    Buffer layout (float32): 2 header floats (events seen, quiet events left),
-    the likelihood's buffer, then per field a level slot (weight, mean,
-    variance), ``season_bins`` seasonal slots (6 floats each: weight, mean,
-    variance, run count, run mean, run M2) and 4 floats (resolution, previous
-    value, lo, hi).
+    ``nbytes``, the size of the encoded state: ``8 + 4 * (2 + likelihood_window)
+    + 44 F + 4 F season_bins`` bytes for F fields (8 bytes per bin and for the
+    two counts when ``readapt_after`` or ``season_min_visits`` is above 64).
 
     >>> det = SeasonalDetector(("a", "b"), DetectorConfig(season_bins=4))
-    >>> det.size, det.new_buffer().itemsize
-    (79, 4)
+    >>> det.nbytes, len(det.encode(det.new_buffer()))
+    (176, 176)
     >>> SeasonalDetector((), DetectorConfig())
     Traceback (most recent call last):
     ...
@@ -154,127 +193,310 @@ class SeasonalDetector:
         self.cfg = cfg
         self.n_fields = len(self.field_names)
         self.likelihood = AnomalyLikelihood(cfg.likelihood_window, cfg.likelihood_half_life)
-        self._lik_o = _HEAD
-        self._fields_o = _HEAD + self.likelihood.size
+        self._fields_o = self.likelihood.size
         self._nb = cfg.season_bins
         self._bin_s = cfg.season_period_s / cfg.season_bins
         self._period = cfg.season_period_s
-        self.field_width = _LVL + _SLOT * self._nb + 4
-        self.size = self._fields_o + self.n_fields * self.field_width
-        self._a_level = 1.0 - 0.5 ** (1.0 / cfg.level_half_life)
-        self._a_season = 1.0 - 0.5 ** (1.0 / cfg.season_half_life)
+        self._n_floats = self._fields_o + _FW * self.n_fields
+        a0 = 1.0 - 0.5 ** (1.0 / cfg.season_half_life)
+        # visits before a bin's baseline is scored: its weight (1 - (1 - a0) ** v) / a0
+        # reaches season_min_visits (never, if it cannot)
+        w, v_min = 0.0, 0
+        if cfg.season_min_visits * a0 >= 1.0:  # above the weight's limit 1 / a0
+            v_min = 1 << 41
+        while w < cfg.season_min_visits and v_min < 1 << 20:
+            w = w * (1.0 - a0) + 1.0
+            v_min += 1
+        # count code of a bin: c <= vcap: c visits; c > vcap: a run of c - vcap
+        # flagged visits (the bin then counts as fully visited)
+        narrow = cfg.readapt_after <= 64 and (v_min <= 64 or v_min > 1 << 40)
+        self._ctype = "I" if narrow else "Q"
+        self._vcap = (255 if narrow else (1 << 40) - 1) - max(cfg.readapt_after - 1, 0)
+        self._min_visits = v_min if v_min <= self._vcap else self._vcap + 1
+        self.nbytes = 4 * self._n_floats + (4 if narrow else 8) * (2 + self.n_fields * self._nb)
+        self._level = AnomalyLikelihood(1, cfg.level_half_life)  # for its rate() schedule
+        # learning rate of a bin's visit after v visits: 1 / its weight, then a0
+        keep = 1.0 - a0
+        n_rates = min(self._vcap, int(math.log(1e-9) / math.log(keep)) + 2) if keep > 0.0 else 2
+        self._rates = (1.0, *(a0 / (1.0 - (1.0 - a0) ** (v + 1)) for v in range(1, n_rates)))
+        self._a_season = a0
         self._thr = cfg.flag_z
         self._readapt = cfg.readapt_after
-        self._min_visits = cfg.season_min_visits
         self._warmup = cfg.warmup_events
         self._margin = cfg.spatial_margin
         self._alert = cfg.alert_score
         self._cap = math.nextafter(cfg.alert_score, 0.0)
         self._suppress = cfg.suppress_events
 
-    def new_buffer(self) -> array:
-        """A zeroed state buffer for a new key: float32 (``array("f")``), so
-        every update is rounded to what an encoded state holds."""
-        return array("f", bytes(4 * self.size))
+    # -- state -------------------------------------------------------------------
+    def new_buffer(self) -> SeasonalState:
+        """A zeroed state for a new key."""
+        n_words = 2 + self.n_fields * self._nb
+        return SeasonalState(
+            array("f", bytes(4 * self._n_floats)),
+            array(self._ctype, bytes(array(self._ctype).itemsize * n_words)),
+        )
 
-    def _learn(self, buf: array, o: int, x: float, z: float, flag: bool, a0: float) -> None:
-        """Learn ``x`` into seasonal slot ``o`` unless flagged (then extend the
-        run, and jump to the run's level after ``readapt_after`` flagged points)."""
-        if flag and (z >= self._thr or z <= -self._thr):
-            k = buf[o + 3] + 1.0
-            d = x - buf[o + 4]
-            buf[o + 3] = k
-            buf[o + 4] += d / k
-            buf[o + 5] += d * (x - buf[o + 4])
-            if k >= self._readapt:
-                buf[o + 1] = buf[o + 4]
-                buf[o + 2] = buf[o + 5] / k
-                buf[o + 3] = buf[o + 4] = buf[o + 5] = 0.0
+    def encode(self, st: SeasonalState) -> bytes:
+        """Little-endian bytes of ``st`` (``nbytes`` long).
+
+        >>> det = SeasonalDetector(("x",), DetectorConfig(season_bins=2))
+        >>> len(det.encode(det.new_buffer())) == det.nbytes
+        True
+        """
+        if _BIG_ENDIAN:
+            data = _swapped(st.floats).tobytes() + _swapped(st.words).tobytes()
+        else:
+            data = st.floats.tobytes() + st.words.tobytes()
+        if len(data) != self.nbytes:
+            raise ValueError(f"state must encode to {self.nbytes} bytes; got {len(data)}")
+        return data
+
+    def decode(self, data: bytes) -> SeasonalState:
+        """Inverse of :meth:`encode`.
+
+        >>> SeasonalDetector(("x",), DetectorConfig()).decode(b"")
+        Traceback (most recent call last):
+        ...
+        ValueError: data must be 292 bytes for 1 field(s) and 48 bins; got 0
+        """
+        if len(data) != self.nbytes:
+            raise ValueError(
+                f"data must be {self.nbytes} bytes for {self.n_fields} field(s) and "
+                f"{self._nb} bins; got {len(data)}"
+            )
+        k = 4 * self._n_floats
+        floats = array("f")
+        floats.frombytes(data[:k])
+        words = array(self._ctype)
+        words.frombytes(data[k:])
+        if _BIG_ENDIAN:
+            floats.byteswap()
+            words.byteswap()
+        return SeasonalState(floats, words)
+
+    def bin_state(self, st: SeasonalState, field: int, b: int) -> tuple[int, float, float, int]:
+        """(visits, mean, variance, current run of flagged visits) of bin ``b`` of
+        field number ``field``, decoded. Read-only.
+
+        >>> det = SeasonalDetector(("x",), DetectorConfig(season_bins=2))
+        >>> st = det.new_buffer()
+        >>> for i in range(3):
+        ...     _ = det.step(st, 0.0, [10.0 + i])
+        >>> det.bin_state(st, 0, 0)
+        (3, 11.06593, 0.6659335, 0)
+        """
+        o = self._fields_o + _FW * field
+        c, s = st.floats[o + 6], st.floats[o + 7]
+        word = st.words[2 + field * self._nb + b]
+        cc = word >> 24
+        visits, run = (cc, 0) if cc <= self._vcap else (self._vcap, cc - self._vcap)
+        mean = c + s * ((word & 0xFFF) - _MEAN_MID)
+        var = s * s * _VAR_TABLE[(word >> 12) & 0xFFF]
+        return visits, float(f"{mean:.7g}"), float(f"{var:.7g}"), run
+
+    def _rebase(self, st: SeasonalState, j: int, lo: float, hi: float) -> None:
+        """Re-centre field ``j``'s mean codes on ``[lo, hi]`` (a value left the
+        codes' reach) and re-encode its bins."""
+        fl = st.floats
+        o = self._fields_o + _FW * j
+        c_old, s_old = fl[o + 6], fl[o + 7]
+        span = hi - lo
+        fl[o + 6] = 0.5 * (lo + hi)
+        c = fl[o + 6]
+        fl[o + 7] = span / MEAN_STEPS if span > 0.0 else max(abs(c), 1e-30) * 2.0**-20
+        s = fl[o + 7]
+        if s_old <= 0.0:
             return
-        if buf[o + 3] != 0.0:
-            buf[o + 3] = buf[o + 4] = buf[o + 5] = 0.0
-        self._learn_plain(buf, o, x, a0)
+        bins = st.words
+        shift = VAR_STEPS * _log2(s_old / s) * 2.0
+        for i in range(2 + j * self._nb, 2 + (j + 1) * self._nb):
+            word = bins[i]
+            q = round((c_old + s_old * ((word & 0xFFF) - _MEAN_MID) - c) / s) + _MEAN_MID
+            q = 0 if q < 0 else (_MEAN_MAX if q > _MEAN_MAX else q)
+            k = (word >> 12) & 0xFFF
+            if k:
+                k = round(k + shift)
+                k = 1 if k < 1 else (_VAR_MAX if k > _VAR_MAX else k)
+            bins[i] = q | k << 12 | (word >> 24) << 24
 
-    @staticmethod
-    def _learn_plain(buf: array, o: int, x: float, a0: float) -> None:
-        """Learn ``x`` into the weight, mean and variance at ``o``."""
-        w = buf[o]
-        if w <= 0.0:
-            buf[o] = 1.0
-            buf[o + 1] = x
-            buf[o + 2] = 0.0
-            return
-        w = w * (1.0 - a0) + 1.0
-        a = a0 if a0 > 1.0 / w else 1.0 / w
-        d = x - buf[o + 1]
-        buf[o] = w
-        buf[o + 1] += a * d
-        buf[o + 2] = (1.0 - a) * (buf[o + 2] + a * d * d)
-
-    def step(self, buf: array, ts: float, xs: Sequence[float]) -> DetectorResult:
+    def step(self, st: SeasonalState, ts: float, xs: Sequence[float]) -> DetectorResult:
         """Score an event at event time ``ts`` (seconds) with finite values ``xs``
         (one per field) from the state before it, then learn it."""
-        n = buf[0]
+        fl = st.floats
+        head = bins = st.words  # events seen, quiet events left, then the bins
+        n = head[0]
         warm = n >= FLAG_WARMUP
+        nb = self._nb
         b = int((ts % self._period) // self._bin_s)
-        if b >= self._nb:  # float rounding at the period's end
-            b = self._nb - 1
+        if b >= nb:  # float rounding at the period's end
+            b = nb - 1
+        a_lvl = self._level.rate(n) if n else 1.0
+        rates = self._rates
+        n_rates = len(rates)
+        a0 = self._a_season
+        vcap = self._vcap
+        thr = self._thr
+        readapt = self._readapt
+        min_visits = self._min_visits
+        margin = self._margin if n >= self._warmup else 0.0
         spatial = False
         zmax = 0.0
         o = self._fields_o
-        fw = self.field_width
+        i = 2 + b
+        u = (n * _PHI) % 1.0
         devs = []
         for x in xs:
             if not -X_LIMIT <= x <= X_LIMIT:
                 x = X_LIMIT if x > 0.0 else (-X_LIMIT if x < 0.0 else 0.0)
-            lvl = o
-            so = o + _LVL + _SLOT * b
-            ro = o + _LVL + _SLOT * self._nb
-            q = buf[ro]
+            u = (u + _PSI) % 1.0
+            if n == 0:  # the first event: every baseline starts at it
+                fl[o] = fl[o + 3] = fl[o + 4] = fl[o + 5] = x
+                fl[o + 1] = 0.0
+                self._rebase(st, (o - self._fields_o) // _FW, x, x)
+                mq = round((x - fl[o + 6]) / fl[o + 7]) + _MEAN_MID
+                bins[i] = (0 if mq < 0 else (_MEAN_MAX if mq > _MEAN_MAX else mq)) | 1 << 24
+                devs.append((0.0, x, 0.0, 0.0, False))
+                o += _FW
+                i += nb
+                continue
+            q = fl[o + 2]
             floor = 0.5 * q
-            zl = _new_z(buf, lvl, x, floor)
-            seasonal = buf[so] >= self._min_visits
-            zs = _new_z(buf, so, x, floor) if seasonal else 0.0
-            use_s = abs(zs) > abs(zl)
-            az = abs(zs) if use_s else abs(zl)
-            if az > zmax:
-                zmax = az
-            devs.append((az, x, buf[so + 1] if use_s else buf[lvl + 1], zs if use_s else zl, use_s))
-            lo = buf[ro + 2]
-            hi = buf[ro + 3]
-            if self._margin > 0.0 and n >= self._warmup:
-                span = self._margin * (hi - lo)
+            # level baseline
+            m = fl[o]
+            v = fl[o + 1]
+            rel = 1e-3 * (m if m >= 0.0 else -m) + 1e-9
+            f = floor if floor > rel else rel
+            sd = math.sqrt(v) if v > 0.0 else 0.0
+            zl = (x - m) / (sd if sd > f else f)
+            # seasonal bin
+            c = fl[o + 6]
+            s = fl[o + 7]
+            word = bins[i]
+            cc = word >> 24
+            if cc > vcap:
+                visits = vcap
+                run = cc - vcap
+            else:
+                visits = cc
+                run = 0
+            mb = c + s * ((word & 0xFFF) - _MEAN_MID)
+            kb = (word >> 12) & 0xFFF
+            if visits >= min_visits:
+                rel = 1e-3 * (mb if mb >= 0.0 else -mb) + 1e-9
+                f = floor if floor > rel else rel
+                sd = s * _SD_TABLE[kb]
+                zs = (x - mb) / (sd if sd > f else f)
+                seasonal = True
+            else:
+                zs = 0.0
+                seasonal = False
+            azl = zl if zl >= 0.0 else -zl
+            azs = zs if zs >= 0.0 else -zs
+            if azs > azl:
+                if azs > _Z_CAP:
+                    azs = _Z_CAP
+                    zs = _Z_CAP if zs > 0.0 else -_Z_CAP
+                if azs > zmax:
+                    zmax = azs
+                devs.append((azs, x, mb, zs, True))
+            else:
+                if azl > _Z_CAP:
+                    azl = _Z_CAP
+                    zl = _Z_CAP if zl > 0.0 else -_Z_CAP
+                if azl > zmax:
+                    zmax = azl
+                devs.append((azl, x, m, zl, False))
+            lo = fl[o + 4]
+            hi = fl[o + 5]
+            if margin > 0.0:
+                span = margin * (hi - lo)
                 if x > hi + span or x < lo - span:
                     spatial = True
-            self._learn_plain(buf, lvl, x, self._a_level)  # never flags: learns all
-            self._learn(buf, so, x, zs, warm and seasonal, self._a_season)
-            if n > 0.0:
-                d = x - buf[ro + 1]
-                if d < 0.0:
-                    d = -d
-                if d > 0.0 and (d < q or q == 0.0):
-                    buf[ro] = d
-                if x < lo:
-                    buf[ro + 2] = x
-                if x > hi:
-                    buf[ro + 3] = x
+            # learn: the level baseline learns every point
+            d = x - m
+            fl[o] = m + a_lvl * d
+            fl[o + 1] = (1.0 - a_lvl) * (v + a_lvl * d * d)
+            # the bin's mean codes must reach x (bin means stay inside the seen range)
+            if not c - _MEAN_MID * s <= x <= c + (_MEAN_MAX - _MEAN_MID) * s:
+                self._rebase(st, (o - self._fields_o) // _FW, min(x, lo), max(x, hi))
+                c = fl[o + 6]
+                s = fl[o + 7]
+                word = bins[i]
+                mb = c + s * ((word & 0xFFF) - _MEAN_MID)
+                kb = (word >> 12) & 0xFFF
+            if warm and seasonal and (zs >= thr or zs <= -thr):
+                # flagged: not learnt; it extends the field's run of offsets and the bin's run
+                d = x - mb
+                rk = fl[o + 8] + 1.0
+                if rk > readapt:
+                    rk = readapt
+                ra = 1.0 / rk
+                rm = fl[o + 9]
+                e = d - rm
+                fl[o + 8] = rk
+                fl[o + 9] = rm + ra * e
+                fl[o + 10] = (1.0 - ra) * (fl[o + 10] + ra * e * e)
+                run += 1
+                if run < readapt:
+                    bins[i] = (word & 0xFFFFFF) | (vcap + run) << 24
+                    mb = None
+                else:  # a sustained change: the bin jumps by the run's mean offset and spread
+                    mb += fl[o + 9]
+                    vb = fl[o + 10]
+                    cc = visits
             else:
-                buf[ro + 2] = buf[ro + 3] = x
-            buf[ro + 1] = x
-            o += fw
+                fl[o + 8] = 0.0
+                if visits == 0:
+                    mb = x
+                    vb = 0.0
+                else:
+                    a = rates[visits] if visits < n_rates else a0
+                    d = x - mb
+                    mb += a * d
+                    vb = (1.0 - a) * (s * s * _VAR_TABLE[kb] + a * d * d)
+                cc = visits + 1 if visits < vcap else visits
+            if mb is not None:
+                mq = _floor((mb - c) / s + u) + _MEAN_MID
+                mq = 0 if mq < 0 else (_MEAN_MAX if mq > _MEAN_MAX else mq)
+                if vb > 0.0:
+                    k = _floor(VAR_STEPS * _log2(vb / (s * s)) + 1.0 + u)
+                    k = 1 if k < 1 else (_VAR_MAX if k > _VAR_MAX else k)
+                    bins[i] = mq | k << 12 | cc << 24
+                else:
+                    bins[i] = mq | cc << 24
+            # range and resolution
+            p = fl[o + 3]
+            d = x - p if x >= p else p - x
+            if d > 0.0 and (d < q or q == 0.0):
+                fl[o + 2] = d
+            if x < lo:
+                fl[o + 4] = x
+            if x > hi:
+                fl[o + 5] = x
+            fl[o + 3] = x
+            o += _FW
+            i += nb
         raw = 1.0 - math.exp(-zmax / RAW_SCALE)
-        tail = self.likelihood.step(buf, self._lik_o, raw)
-        buf[0] = n + 1.0
+        tail = self.likelihood.step(fl, 0, raw, n)
+        if n < 0xFFFFFFFF:
+            head[0] = n + 1
         deviations = tuple(devs)
-        if n + 1.0 < self._warmup:
+        if n + 1 < self._warmup:
             return DetectorResult(0.0, zmax, tail, False, deviations)
         spatial = spatial and zmax >= SPATIAL_MIN_Z
         score = 1.0 if spatial else tail_to_score(tail, TAIL_DECADES)
-        quiet = buf[1]
-        if quiet > 0.0:
-            buf[1] = quiet - 1.0
+        quiet = head[1]
+        if quiet > 0:
+            head[1] = quiet - 1
             if score > self._cap:
                 score = self._cap
         elif self._suppress and score >= self._alert:
-            buf[1] = float(self._suppress)
+            head[1] = self._suppress
         return DetectorResult(score, zmax, tail, spatial, deviations)
+
+
+def _swapped(a: array) -> array:
+    b = array(a.typecode, a)
+    b.byteswap()
+    return b

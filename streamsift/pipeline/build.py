@@ -28,6 +28,7 @@ from streamsift.transforms.sinks import (
 __all__ = [
     "OutputPaths",
     "build_detection",
+    "build_engine_detection",
     "attach_file_sinks",
     "feature_names_for",
     "replay_and_detect",
@@ -129,6 +130,29 @@ def build_detection(
     }
 
 
+def build_engine_detection(
+    payloads: beam.PCollection,
+    cfg: Config,
+    model_path: str,
+    *,
+    emit_events: bool = False,
+    chunk_size: int = 500,
+) -> dict[str, beam.PCollection]:
+    """Wire the detection stages of ``cfg.engine.mode`` onto a PCollection of
+    single raw payloads (a broker source): per element (:func:`build_detection`)
+    or micro-batched (``ChunkPayloads`` of at most ``chunk_size`` payloads of one
+    bundle, then :func:`streamsift.transforms.batched.build_batched_detection`).
+    Both return ``alerts``, ``flagged``, ``dead_letter`` and ``late``; ``events``
+    (parsed events) always on the per-element engine, with ``emit_events`` on the
+    batched one."""
+    if cfg.engine.mode == "batched":
+        from streamsift.transforms.batched import ChunkPayloads, build_batched_detection
+
+        chunks = payloads | "ChunkPayloads" >> ChunkPayloads(chunk_size)
+        return build_batched_detection(chunks, cfg, model_path, emit_events=emit_events)
+    return build_detection(payloads, cfg, model_path)
+
+
 def attach_file_sinks(
     outputs: dict[str, beam.PCollection], paths: OutputPaths, print_alerts: bool
 ) -> None:
@@ -157,7 +181,7 @@ def replay_and_detect(
     """Replay ``payloads`` (arrival order) and wire the detection stages of
     ``cfg.engine.mode``: per element (:func:`build_detection`) or micro-batched
     (:func:`streamsift.transforms.batched.build_batched_detection`, which has no
-    ``scored`` / ``events`` outputs, nor ``scores`` yet: ``emit_scores`` needs
+    ``scored`` / ``events`` outputs here, nor ``scores``: ``emit_scores`` needs
     the per-element engine)."""
     from streamsift.transforms.source import ReplayStream
 

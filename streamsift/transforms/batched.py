@@ -104,6 +104,7 @@ __all__ = [
     "ReplayChunks",
     "build_batched_detection",
     "clear_shard_cache",
+    "shard_events",
     "shard_cache_info",
     "decode_chunk",
     "encode_chunk",
@@ -592,11 +593,14 @@ def build_batched_detection(
     model_path: str,
     n_shards: int | None = None,
     emit_scored: bool = False,
+    emit_events: bool = False,
 ) -> dict[str, beam.PCollection]:
     """Wire the batched engine onto a PCollection of chunk elements
     (:func:`encode_chunk`); returns the same outputs as
     :func:`streamsift.pipeline.build.build_detection` (``scored`` only with
-    ``emit_scored``). ``n_shards`` defaults to ``cfg.engine.shards``."""
+    ``emit_scored``; ``events``, the parsed :class:`~streamsift.records.Event`
+    records for the broker runner's processed-ids audit, only with
+    ``emit_events``). ``n_shards`` defaults to ``cfg.engine.shards``."""
     if n_shards is None:
         n_shards = cfg.engine.shards
     parsed = chunks | "ParseChunks" >> beam.ParDo(
@@ -616,4 +620,16 @@ def build_batched_detection(
     }
     if emit_scored:
         out["scored"] = res[SCORED_TAG]
+    if emit_events:
+        out["events"] = keyed | "ShardEvents" >> beam.FlatMap(shard_events).with_output_types(Event)
     return out
+
+
+def shard_events(element: tuple[int, bytes]) -> list[Event]:
+    """The parsed events of one ``(shard, events bytes)`` element of ``ParseChunks``.
+
+    >>> ev = Event("k", 1.5, (2.0,))
+    >>> shard_events((0, _encode_events([ev], None, ()))) == [ev]
+    True
+    """
+    return _decode_events(element[1])[2]

@@ -11,6 +11,7 @@ the variable's name when it is not set, so ``pytest`` without the services stays
 from __future__ import annotations
 
 import os
+import re
 import uuid
 
 import pytest
@@ -29,7 +30,9 @@ def env_or_skip(name: str) -> str:
 @pytest.fixture
 def unique_name(request: pytest.FixtureRequest) -> str:
     """A resource name unique to this test run (topics, subscriptions, consumer groups)."""
-    return f"streamsift-{request.node.name.replace('_', '-')[:40]}-{uuid.uuid4().hex[:10]}"
+    # parametrized ids ("[batched]") are not valid in topic / subscription names
+    name = re.sub(r"[^A-Za-z0-9-]+", "-", request.node.name.replace("_", "-")).strip("-")
+    return f"streamsift-{name[:40]}-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
-"""Beam's own Pub/Sub IO (the Dataflow path, streamsift/io/beam_pubsub.py) against the
-Pub/Sub emulator, run on the DirectRunner: ``ReadPubSubBeam`` re-stamps messages with their
-payload event time, ``WritePubSubBeam`` publishes the routing attributes."""
+"""Beam's own Pub/Sub IO (streamsift/io/beam_pubsub.py: the Dataflow path, and
+``--pubsub-impl beam`` on the DirectRunner) against the Pub/Sub emulator, run on the
+DirectRunner: ``ReadPubSubBeam`` re-stamps messages with their payload event time and
+holds the watermark from it, ``WritePubSubBeam`` publishes the routing attributes. The
+end-to-end runs of ``--pubsub-impl beam`` (same alerts as a file replay; a killed run
+loses what Beam's reader had acknowledged: at-most-once, as documented) are in
+test_e2e_io.py next to the native source's."""
 
 from __future__ import annotations
 
@@ -131,3 +135,38 @@ def test_read_pubsub_beam_stamps_messages_with_their_payload_time(pubsub_emulato
     assert len(got) == len(events), err[-2000:]
     rows = sorted((json.loads(m.data) for m in got), key=lambda r: r["key"])
     assert rows == [{**e, "element_time": float(e["ts"])} for e in events]
+
+
+# --- streamsift run --source pubsub --pubsub-impl beam (DirectRunner) -------------------------
+def test_pubsub_impl_flag_names_unsupported_combinations(capsys):
+    from streamsift.pipeline import cli
+
+    argv = ["run", "--source=pubsub", "--project=p", "--subscription=s"]
+    assert cli.main([*argv, "--runner=DataflowRunner", "--pubsub-impl=native"]) == 2
+    assert "--pubsub-impl native runs on the DirectRunner only" in capsys.readouterr().err
+    assert cli.main([*argv, "--runner=FlinkRunner", "--pubsub-impl=beam"]) == 2
+    assert "got --runner FlinkRunner" in capsys.readouterr().err
+
+
+def test_beam_pubsub_on_direct_runner_fails_fast_on_a_missing_subscription(
+    pubsub_emulator, unique_name, tmp_path, capsys
+):
+    from streamsift.pipeline import cli
+
+    _host, project = pubsub_emulator
+    rc = cli.main(
+        [
+            "run",
+            "--source=pubsub",
+            "--pubsub-impl=beam",
+            f"--project={project}",
+            f"--subscription={unique_name}",
+            f"--model-dir={tmp_path / 'model'}",
+            f"--out-dir={tmp_path / 'out'}",
+        ]
+    )
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "Pub/Sub subscription or topic not found" in err
+    assert f"projects/{project}/subscriptions/{unique_name}" in err
+    assert not (tmp_path / "model").exists()  # before any model training

@@ -5,7 +5,10 @@
 streaming mode on the DirectRunner with the native Kafka source and Kafka sinks,
 and drains after ``--stop-when-idle`` seconds. Its alerts must equal, as a set of
 (alert_id, severity), those of a file replay of the same events. The Pub/Sub test
-does the same against the emulator (pull source, acks after results are emitted).
+does the same against the emulator, with streamsift's pull source (acks after results
+are emitted) and with Beam's reader (``--pubsub-impl beam``: streamsift holds its
+watermark from the payload times; Beam acknowledges on pull, so a killed run loses
+what it held: at-most-once, pinned by its own test).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 WAIT_S = 120.0  # upper bound for loops waiting on a service; not a performance assertion
 N_EVENTS = 5000
 N_MALFORMED = 50
+#: ``engine.mode`` values (``--engine``): broker runs honour both
+ENGINES = ["per_element", "batched"]
+#: (engine, ``--pubsub-impl``) of the Pub/Sub end-to-end test
+PUBSUB_CASES = [("per_element", "native"), ("batched", "native"), ("batched", "beam")]
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -195,8 +202,16 @@ def _alert_set(alerts) -> set[tuple[str, str]]:
     return {(a["alert_id"], a["severity"]) for a in alerts}
 
 
+def assert_engine_ran(counters: dict, engine: str) -> None:
+    """Only the batched engine counts its model calls per shard step (``stage2_batches``);
+    both engines escalate on these workloads."""
+    assert counters.get("escalated", 0) > 0
+    assert ("stage2_batches" in counters) == (engine == "batched"), sorted(counters)
+
+
 # --- tests ------------------------------------------------------------------------------------
-def test_kafka_stream_matches_file_replay(kafka_bootstrap, unique_name, workload, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_kafka_stream_matches_file_replay(kafka_bootstrap, unique_name, workload, tmp_path, engine):
     pytest.importorskip("confluent_kafka")
     payloads, model_dir, replay = workload
     src, alerts_t, dead_t = unique_name, f"{unique_name}-alerts", f"{unique_name}-dead"
@@ -216,11 +231,13 @@ def test_kafka_stream_matches_file_replay(kafka_bootstrap, unique_name, workload
                 f"--out-dir={tmp_path / 'out'}",
                 "--stop-when-idle=3",
                 f"--summary-json={summary}",
+                f"--engine={engine}",
             ]
         )
         assert res.returncode == 0, res.stderr[-3000:]
         assert "(reconciled: in = processed + dead-lettered + late)" in res.stdout
         counters = json.loads(summary.read_text())["counters"]
+        assert_engine_ran(counters, engine)
         n_in = len(payloads)
         assert counters["events_in"] == n_in
         assert counters["source_read"] == n_in
@@ -265,8 +282,9 @@ def test_kafka_stream_matches_file_replay(kafka_bootstrap, unique_name, workload
         delete_topics(kafka_bootstrap, [src, alerts_t, dead_t])
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_kafka_sigkill_and_restart_processes_everything(
-    kafka_bootstrap, unique_name, workload, tmp_path
+    kafka_bootstrap, unique_name, workload, tmp_path, engine
 ):
     pytest.importorskip("confluent_kafka")
     payloads, model_dir, _replay = workload
@@ -282,6 +300,7 @@ def test_kafka_sigkill_and_restart_processes_everything(
             f"--group-id={group}",
             f"--alerts-to=kafka://{alerts_t}",
             f"--model-dir={model_dir}",
+            f"--engine={engine}",
         ]
         audit1, audit2 = tmp_path / "processed1.jsonl", tmp_path / "processed2.jsonl"
         proc = subprocess.Popen(
@@ -552,8 +571,34 @@ class _PubSub:
                 pass
 
 
-def test_pubsub_stream_matches_file_replay(pubsub_emulator, unique_name, workload, tmp_path):
+def _dead_letter_numbers(dead: list[tuple[dict, dict]]) -> dict[int, str]:
+    """Malformed message number -> error kind, from dead letters (attributes, body)."""
+    kinds = {}
+    for attrs, d in dead:
+        assert attrs["error_kind"] == d["error_kind"] and d["message"]
+        p = d["payload"]
+        if p.startswith('{"n": ') or p.startswith("["):
+            kinds[int(p.strip("[]").split(",")[0].split(":")[-1])] = d["error_kind"]
+    return kinds
+
+
+def _audit_ids(path) -> set[tuple[str, int]]:
+    """(key, event time ms) of a processed-ids audit file (empty if not written yet)."""
+    if not os.path.exists(path):
+        return set()
+    with open(path) as fh:
+        return {(d["key"], d["event_time_ms"]) for d in map(json.loads, fh)}
+
+
+@pytest.mark.parametrize(("engine", "impl"), PUBSUB_CASES)
+def test_pubsub_stream_matches_file_replay(
+    pubsub_emulator, unique_name, workload, tmp_path, engine, impl
+):
+    """Test 1 of the issue on Pub/Sub. With Beam's reader (``impl = beam``) the payload
+    times are months behind the wall clock, yet the alerts equal a file replay's: the
+    watermark is held from the event times, not Beam's wall clock."""
     pytest.importorskip("google.cloud.pubsub_v1")
+    from streamsift.io.beam_pubsub import AT_MOST_ONCE_NOTICE
     from streamsift.models.artifact import latest_artifact
     from streamsift.pipeline.run import run_stream
 
@@ -598,14 +643,21 @@ def test_pubsub_stream_matches_file_replay(pubsub_emulator, unique_name, workloa
                 f"--allowed-lateness={lateness}",
                 f"--watermark-lag={lateness}",
                 f"--summary-json={summary}",
+                f"--engine={engine}",
+                f"--pubsub-impl={impl}",
             ]
         )
         assert res.returncode == 0, res.stderr[-3000:]
         assert "(reconciled: in = processed + dead-lettered + late)" in res.stdout
+        # the mode says what it guarantees
+        assert (AT_MOST_ONCE_NOTICE in res.stderr) == (impl == "beam")
         counters = json.loads(summary.read_text())["counters"]
+        assert_engine_ran(counters, engine)
         n_in = len(payloads)
         assert counters["events_in"] == n_in
+        # native: acknowledged after results; beam: acknowledged by Beam on pull
         assert counters["source_committed"] == counters["source_read"] == n_in
+        assert n_in == counters["processed"] + counters["dead_lettered"] + counters.get("late", 0)
         for name in ("processed", "dead_lettered", "late", "escalated"):
             assert counters.get(name, 0) == replay.counter(name), name
 
@@ -617,13 +669,7 @@ def test_pubsub_stream_matches_file_replay(pubsub_emulator, unique_name, workloa
 
         dead = ps.pull_all(dead_s)
         assert len(dead) == counters["dead_lettered"]
-        kinds = {}
-        for attrs, d in dead:
-            assert attrs["error_kind"] == d["error_kind"] and d["message"]
-            p = d["payload"]
-            if p.startswith('{"n": ') or p.startswith("["):
-                n = int(p.strip("[]").split(",")[0].split(":")[-1])
-                kinds[n] = d["error_kind"]
+        kinds = _dead_letter_numbers(dead)
         assert sorted(kinds) == list(range(N_MALFORMED))
         for n, kind in kinds.items():
             assert kind == (EXPECTED_KINDS[n % 5] if n % 5 < 4 else "bad_feature")
@@ -689,13 +735,82 @@ def test_pubsub_sigkill_and_restart_processes_everything(
         counters = json.loads(summary.read_text())["counters"]
         assert counters["source_read"] > 0  # the killed run's unacknowledged messages came back
         assert counters["source_committed"] == counters["source_read"]
-        seen = set()
-        for path in (audit1, audit2):
-            with open(path) as fh:
-                seen |= {(d["key"], d["event_time_ms"]) for d in map(json.loads, fh)}
-        assert _valid_ids(payloads) <= seen
+        assert _valid_ids(payloads) <= _audit_ids(audit1) | _audit_ids(audit2)
         # everything is acknowledged now
         assert ps.pull_all(ps.subs[0], quiet_s=2.0) == []
+    finally:
+        ps.cleanup()
+
+
+def test_beam_pubsub_on_direct_runner_is_at_most_once(
+    pubsub_emulator, unique_name, workload, tmp_path
+):
+    """Pins the documented guarantee of ``--pubsub-impl beam``: Beam's DirectRunner reader
+    acknowledges on pull, so the messages of a run killed before it finished them are
+    never redelivered: lost (the native source's test above redelivers them)."""
+    from streamsift.config import InputConfig
+    from streamsift.parsing import EventParser
+    from streamsift.records import Event
+
+    payloads, model_dir, _ = workload
+    payloads = payloads[:600]
+    sent = set(payloads)
+    malformed = [n for n, m in enumerate(malformed_messages()) if m in sent]
+    valid = _valid_ids(payloads)
+    parser = EventParser(InputConfig())
+    n_dead = sum(1 for raw in payloads if not isinstance(parser.parse(raw), Event))
+    _host, project = pubsub_emulator
+    ps = _PubSub(project)
+    held = tmp_path / "held.toml"
+    # the run finishes nothing: its watermark stays far behind every event time, so the
+    # per-key stage keeps every event buffered
+    held.write_text("[source]\nwatermark_lag_s = 1e9\nidle_partition_s = 3600\n")
+    try:
+        src = ps.topic(unique_name)
+        sub = ps.subscription(unique_name, src)  # ack deadline 10 s
+        dead_t = ps.topic(f"{unique_name}-dead")
+        dead_s = ps.subscription(f"{unique_name}-dead", dead_t)
+        ps.publish(src, payloads)
+        audit = tmp_path / "processed.jsonl"
+        proc = subprocess.Popen(
+            streamsift_cmd(
+                f"--config={held}",
+                "--source=pubsub",
+                "--pubsub-impl=beam",
+                f"--project={project}",
+                f"--subscription={unique_name}",
+                f"--dead-letters-to=pubsub://{dead_t}",
+                f"--model-dir={model_dir}",
+                f"--processed-to=file://{audit}",
+                f"--out-dir={tmp_path}/o1",
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        dead: list = []
+        try:  # until the run has read (parsed or dead-lettered) every message
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline and not (
+                len(dead) == n_dead and _audit_ids(audit) == valid
+            ):
+                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+                dead += ps.pull_all(dead_s, quiet_s=1.0)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            proc.stderr.close()
+        assert len(dead) == n_dead and sorted(_dead_letter_numbers(dead)) == malformed
+        assert _audit_ids(audit) == valid
+        out = tmp_path / "o1"
+        for name in ("flagged.jsonl", "alerts.jsonl"):  # ... and finished none
+            assert not (out / name).exists() or (out / name).read_text() == ""
+
+        # Beam acknowledged everything the run pulled: nothing comes back to a reader
+        # started after the kill, even past the 10 s ack deadline (an unacknowledged
+        # message would be redelivered within it); the events the run held are lost
+        assert ps.pull_all(sub, quiet_s=12.0) == []
     finally:
         ps.cleanup()
 

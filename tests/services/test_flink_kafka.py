@@ -72,6 +72,7 @@ def flink_workload(tmp_path_factory):
     return payloads, str(base / "model"), replay
 
 
+@pytest.mark.parametrize("engine", e2e.ENGINES)
 def test_kafka_xlang_on_flink_matches_file_replay(
     kafka_bootstrap,
     unique_name,
@@ -79,7 +80,9 @@ def test_kafka_xlang_on_flink_matches_file_replay(
     tmp_path,
     flink_job_server_jar,
     expansion_service_jar,
+    engine,
 ):
+    """Either engine (``--engine``; batched: ``ChunkPayloads`` of Flink's bundles)."""
     pytest.importorskip("confluent_kafka")
     payloads, model_dir, replay = flink_workload
     assert replay.alerts and replay.counters.get("dead_lettered", 0) > 0  # a real workload
@@ -101,6 +104,7 @@ def test_kafka_xlang_on_flink_matches_file_replay(
                 f"--model-dir={model_dir}",
                 f"--out-dir={tmp_path / 'out'}",
                 f"--summary-json={summary}",
+                f"--engine={engine}",
                 "--",
                 "--flink_master=[local]",
                 "--environment_type=LOOPBACK",
@@ -110,6 +114,7 @@ def test_kafka_xlang_on_flink_matches_file_replay(
         assert res.returncode == 0, res.stderr[-3000:]
         assert "(reconciled: in = processed + dead-lettered + late)" in res.stdout
         counters = json.loads(summary.read_text())["counters"]
+        e2e.assert_engine_ran(counters, engine)
         for name in ("events_in", "processed", "dead_lettered", "alerts_emitted"):
             assert counters.get(name, 0) == replay.counters.get(name, 0), name
         assert counters["events_in"] == len(payloads)
