@@ -58,15 +58,15 @@ log = logging.getLogger(__name__)
 #: name -> (short label, what it runs)
 CONTENDERS: dict[str, tuple[str, str]] = {
     "full": (
-        "streamsift full pipeline",
-        "run_stream: Parse -> DetectPerKey (event-time ordering, rolling features, "
+        "streamsift full pipeline, per-element engine",
+        "run_stream with engine.mode = per_element: Parse -> DetectPerKey (event-time ordering, rolling features, "
         "stage-1 pre-filter) -> 1 s windows -> RunInference (PyOD Isolation Forest, "
         "batches up to 256) -> AlertPerKey -> RateLimit -> JSONL sinks; "
         "DirectRunner (BundleBasedDirectRunner), streaming",
     ),
     "batched": (
-        "streamsift batched engine",
-        "run_stream with engine.mode = batched: ReplayChunks (one element per chunk of "
+        "streamsift full pipeline, batched engine (the default)",
+        "run_stream with engine.mode = batched (streamsift's default engine): ReplayChunks (one element per chunk of "
         "500 payloads) -> ParseChunks (chunk parser, events split by shard) -> DetectShards "
         "(4 shards, one stateful DoFn per shard: event-time buffering and release, rolling "
         "features, stage 1, one vectorised forest call per step, per-key alerts) -> "
