@@ -604,6 +604,11 @@ def _setup(spec: BenchSpec, task: dict[str, Any]) -> dict[str, Any]:
         from benchmarks.state_size import state_breakdown
 
         out["state_breakdown"] = state_breakdown(spec)
+        # the 2 KB target is for the default config (its feature fields)
+        from streamsift.config import InputConfig
+
+        default = BenchSpec(features=len(InputConfig().feature_fields))
+        out["state_breakdown_default"] = state_breakdown(default)
     return out
 
 
@@ -713,7 +718,11 @@ def _run_all(
     )
     if "error" in setup:
         raise RuntimeError(f"benchmark setup failed: {setup['error']}")
-    res["setup"] = {k: v for k, v in setup.items() if k not in ("stream", "state_breakdown")}
+    res["setup"] = {
+        k: v
+        for k, v in setup.items()
+        if k not in ("stream", "state_breakdown", "state_breakdown_default")
+    }
     stream = setup["stream"]
     res["stream"] = stream
     model_path = setup.get("model_path", "")
@@ -747,7 +756,11 @@ def _run_all(
     res["latency"] = _run_latency(args, base, engine, work_dir, timeout)
 
     if key_counts:
-        state: dict[str, Any] = {"breakdown": setup.get("state_breakdown", {}), "scaling": []}
+        state: dict[str, Any] = {
+            "breakdown": setup.get("state_breakdown", {}),
+            "breakdown_default": setup.get("state_breakdown_default", {}),
+            "scaling": [],
+        }
         for n in key_counts:
             _say(f"state: {n:,} keys")
             r = _run_child(

@@ -20,22 +20,27 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import apache_beam as beam
+from apache_beam import coders
 from apache_beam.transforms.window import TimestampedValue
 
 from streamsift.config import Config, InputConfig
 from streamsift.io.clients import BrokerRecord, kafka_client_config
 from streamsift.io.direct import record_info
-from streamsift.io.sinks import Destination
+from streamsift.io.sinks import Destination, routing_fields
 
 __all__ = [
     "EXPANSION_JAR_ENV",
     "ExternalEnvironmentService",
+    "KafkaHeader",
+    "KafkaRecordRow",
     "ReadKafkaXlang",
     "WriteKafkaXlang",
     "expansion_service",
+    "kafka_record_row",
     "needs_external_worker",
     "prefer_external_environments",
 ]
@@ -248,9 +253,47 @@ class ReadKafkaXlang(beam.PTransform):
         return records | "EventTime" >> beam.ParDo(_Stamp(self._cfg.input)).with_output_types(bytes)
 
 
+# The functional NamedTuple form keeps real field types under ``from __future__ import
+# annotations`` (class-body annotations would be strings, which Beam's schema inference
+# turns into opaque Python-only fields the Java side cannot decode).
+#: One Kafka record header (the Java side's ``Row(key: str, value: bytes)``).
+KafkaHeader = NamedTuple("KafkaHeader", [("key", str), ("value", bytes)])  # noqa: UP014
+#: The row KafkaIO's ``kafka_write_with_headers`` expands to a ProducerRecord.
+KafkaRecordRow = NamedTuple(  # noqa: UP014
+    "KafkaRecordRow", [("key", bytes), ("value", bytes), ("headers", Sequence[KafkaHeader])]
+)
+
+
+coders.registry.register_coder(KafkaHeader, coders.RowCoder)
+coders.registry.register_coder(KafkaRecordRow, coders.RowCoder)
+
+
+def kafka_record_row(obj: Any) -> KafkaRecordRow:
+    """One output object (dict or JSON string) -> the record the xlang sink writes:
+    key = the object's ``key``, value = its compact JSON, headers = its routing
+    fields (as the native sink and the Pub/Sub attributes).
+
+    >>> r = kafka_record_row('{"alert_id": "a1", "key": "web-1", "severity": "critical"}')
+    >>> r.key, r.value
+    (b'web-1', b'{"alert_id":"a1","key":"web-1","severity":"critical"}')
+    >>> [(h.key, h.value) for h in r.headers]
+    [('alert_id', b'a1'), ('key', b'web-1'), ('severity', b'critical')]
+    """
+    import json
+
+    obj = json.loads(obj) if isinstance(obj, str) else obj
+    key, attrs = routing_fields(obj)
+    return KafkaRecordRow(
+        (key or "").encode(),
+        json.dumps(obj, separators=(",", ":")).encode(),
+        [KafkaHeader(k, v.encode()) for k, v in attrs.items()],
+    )
+
+
 class WriteKafkaXlang(beam.PTransform):
     """JSON strings (or ``to_dict`` results) to a Kafka topic via ``WriteToKafka``
-    (record key = the object's ``key``; KafkaIO's Python wrapper has no headers)."""
+    with headers (record key = the object's ``key``; headers = its routing fields
+    ``alert_id`` / ``key`` / ``severity`` or ``error_kind``, as the native sink)."""
 
     def __init__(self, dest: Destination, cfg: Config, to_dict=None, runner: str = "") -> None:
         super().__init__()
@@ -260,28 +303,22 @@ class WriteKafkaXlang(beam.PTransform):
         self._runner = runner
 
     def expand(self, pcoll):
-        import json
-
         from apache_beam.io.kafka import WriteToKafka
 
         to_dict = self._to_dict
 
-        def kv(element) -> tuple[bytes, bytes]:
-            obj = to_dict(element) if to_dict else element
-            obj = json.loads(obj) if isinstance(obj, str) else obj
-            return (
-                str(obj.get("key", "")).encode(),
-                json.dumps(obj, separators=(",", ":")).encode(),
-            )
+        def row(element) -> KafkaRecordRow:
+            return kafka_record_row(to_dict(element) if to_dict else element)
 
         producer = {k: str(v) for k, v in kafka_client_config(self._cfg.kafka).items()}
         return (
             pcoll
-            | "ToKV" >> beam.Map(kv).with_output_types(tuple[bytes, bytes])
+            | "ToRecord" >> beam.Map(row).with_output_types(KafkaRecordRow)
             | "WriteToKafka"
             >> WriteToKafka(
                 producer_config=producer,
                 topic=self._dest.target,
+                with_headers=True,
                 expansion_service=expansion_service(needs_external_worker(self._runner)),
             )
         )

@@ -860,7 +860,12 @@ def test_kafka_xlang_on_prism(
             assert len(fh.readlines()) == n_bad
         alerts = consume_all(kafka_bootstrap, alerts_t)
         assert alerts
-        for key, _headers, a in alerts:
+        for key, headers, a in alerts:  # routed by key, alert id and severity headers
             assert key == a["key"] and a["alert_id"] and a["severity"]
+            assert headers == {
+                "alert_id": a["alert_id"],
+                "key": a["key"],
+                "severity": a["severity"],
+            }
     finally:
         delete_topics(kafka_bootstrap, [src, alerts_t])

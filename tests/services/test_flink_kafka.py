@@ -121,8 +121,13 @@ def test_kafka_xlang_on_flink_matches_file_replay(
         with open(tmp_path / "out" / "dead_letter.jsonl") as fh:
             assert len(fh.readlines()) == replay.counters["dead_lettered"]
         alerts = e2e.consume_all(kafka_bootstrap, alerts_t)
-        for key, _headers, a in alerts:
+        for key, headers, a in alerts:  # routed by key, alert id and severity headers
             assert key == a["key"]
+            assert headers == {
+                "alert_id": a["alert_id"],
+                "key": a["key"],
+                "severity": a["severity"],
+            }
         assert len(alerts) == len(replay.alerts)
         assert e2e._alert_set(a for _k, _h, a in alerts) == e2e._alert_set(replay.alerts)
     finally:
