@@ -95,7 +95,7 @@ from streamsift.records import Event
 from streamsift.transforms import coders as _coders  # noqa: F401  (registers coders)
 from streamsift.transforms.alerts import RateLimitAlerts
 from streamsift.transforms.inference import StreamsiftModelHandler
-from streamsift.transforms.source import event_time_hints
+from streamsift.transforms.source import ReplayStream, event_time_hints, replay_schedule
 
 __all__ = [
     "ChunkPayloads",
@@ -162,69 +162,33 @@ def _decode_events(data: bytes) -> tuple[float | None, tuple[float, ...], list[E
 # ----------------------------------------------------------------------------- sources
 
 
-class ReplayChunks(beam.PTransform):
+class ReplayChunks(ReplayStream):
     """:class:`~streamsift.transforms.source.ReplayStream` with one element per chunk.
 
     The same watermark schedule (before a chunk: up to its oldest on-time
     event; after it: the newest event time so far minus ``watermark_lag_s``;
     at the end: a drain, then infinity); each chunk is one bytes element
-    (:func:`encode_chunk`) stamped at the watermark it carries.
+    (:func:`encode_chunk`) stamped at the watermark it carries. Same arguments.
     """
-
-    def __init__(
-        self,
-        payloads: Sequence[bytes],
-        input_cfg: InputConfig,
-        chunk_size: int = 500,
-        watermark_lag_s: float = 0.0,
-        drain_s: float = 366 * 86400.0,
-    ) -> None:
-        super().__init__()
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
-        if watermark_lag_s < 0:
-            raise ValueError(f"watermark_lag_s must be >= 0; got {watermark_lag_s}")
-        self._payloads = list(payloads)
-        self._cfg = input_cfg
-        self._chunk = chunk_size
-        self._lag = watermark_lag_s
-        self._drain_s = drain_s
 
     def _test_stream(self) -> test_stream.TestStream:
         hints = event_time_hints(self._payloads, self._cfg)
         ts_stream = test_stream.TestStream(coder=coders.BytesCoder())
-        watermark = None
         newest = None
-        starts = list(range(0, len(self._payloads), self._chunk))
-        for start in starts:
-            chunk_hints = hints[start : start + self._chunk]
-            # the same schedule as ReplayStream (see transforms/source.py)
-            on_time = [
-                t for t in chunk_hints if t is not None and (watermark is None or t >= watermark)
-            ]
-            if on_time and watermark is not None and min(on_time) - self._lag > watermark:
-                watermark = min(on_time) - self._lag
-                ts_stream = ts_stream.advance_watermark_to(Timestamp.of(watermark))
-            before = watermark
-            known = [t for t in chunk_hints if t is not None]
-            for ts in known:
-                if newest is None or ts > newest:
-                    newest = ts
-            after = []
-            advanced = False
-            if newest is not None:
-                target = newest - self._lag
-                if watermark is None or target > watermark:
-                    watermark = target
-                    after.append(watermark)
-                    advanced = True
-            if start == starts[-1] and newest is not None:
-                after.append(newest + self._drain_s)
-            stamp = before if before is not None else (min(known) if known else 0.0)
-            chunk = encode_chunk(self._payloads[start : start + self._chunk], before, after)
+        steps = list(replay_schedule(hints, self._chunk, self._lag))  # ReplayStream's schedule
+        for step in steps:
+            if step.before is not None:
+                ts_stream = ts_stream.advance_watermark_to(Timestamp.of(step.before))
+            known = [t for t in hints[step.start : step.end] if t is not None]
+            after = [step.after] if step.after is not None else []
+            if step is steps[-1] and step.newest is not None:
+                after.append(step.newest + self._drain_s)
+            stamp = step.at if step.at is not None else (min(known) if known else 0.0)
+            chunk = encode_chunk(self._payloads[step.start : step.end], step.at, after)
             ts_stream = ts_stream.add_elements([TimestampedValue(chunk, stamp)])
-            if advanced:
-                ts_stream = ts_stream.advance_watermark_to(Timestamp.of(watermark))
+            if step.after is not None:
+                ts_stream = ts_stream.advance_watermark_to(Timestamp.of(step.after))
+            newest = step.newest
         if newest is not None:
             ts_stream = ts_stream.advance_watermark_to(Timestamp.of(newest + self._drain_s))
         return ts_stream.advance_watermark_to_infinity()

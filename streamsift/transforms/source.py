@@ -12,7 +12,8 @@ order while they are within the allowed lateness.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam import coders
@@ -23,7 +24,7 @@ from apache_beam.utils.timestamp import Timestamp
 from streamsift.config import InputConfig
 from streamsift.parsing import parse_time
 
-__all__ = ["ReplayStream", "event_time_hints"]
+__all__ = ["ReplayStep", "ReplayStream", "event_time_hints", "replay_schedule"]
 
 
 def event_time_hints(payloads: Sequence[bytes], cfg: InputConfig) -> list[float | None]:
@@ -40,6 +41,53 @@ def event_time_hints(payloads: Sequence[bytes], cfg: InputConfig) -> list[float 
         except Exception:
             out.append(None)
     return out
+
+
+class ReplayStep(NamedTuple):
+    """One chunk of a replay: payloads ``[start, end)``; the watermark advanced to
+    before the chunk (``before``, None: unchanged), the watermark while the chunk
+    arrives (``at``, None: none yet), the watermark advanced to after it (``after``,
+    None: unchanged) and the newest event time seen so far (``newest``)."""
+
+    start: int
+    end: int
+    before: float | None
+    at: float | None
+    after: float | None
+    newest: float | None
+
+
+def replay_schedule(
+    hints: Sequence[float | None], chunk_size: int, lag: float
+) -> Iterator[ReplayStep]:
+    """The watermark schedule of a replay, chunk by chunk (see the module doc): before
+    a chunk the watermark may move up to its oldest on-time event (event time passes
+    while a key is idle, so idle keys expire in replay as they would live); after it,
+    to the newest event time seen minus ``lag``.
+
+    >>> [tuple(s) for s in replay_schedule([10.0, 12.0, None, 30.0], 2, 1.0)]
+    [(0, 2, None, None, 11.0, 12.0), (2, 4, 29.0, 29.0, None, 30.0)]
+    >>> [s.before for s in replay_schedule([10.0, 50.0, 40.0], 1, 0.0)]  # 40 is behind
+    [None, 50.0, None]
+    """
+    watermark = None
+    newest = None
+    for start in range(0, len(hints), chunk_size):
+        chunk_hints = hints[start : start + chunk_size]
+        on_time = [
+            t for t in chunk_hints if t is not None and (watermark is None or t >= watermark)
+        ]
+        before = None
+        if on_time and watermark is not None and min(on_time) - lag > watermark:
+            watermark = before = min(on_time) - lag
+        at = watermark
+        for ts in chunk_hints:
+            if ts is not None and (newest is None or ts > newest):
+                newest = ts
+        after = None
+        if newest is not None and (watermark is None or newest - lag > watermark):
+            watermark = after = newest - lag
+        yield ReplayStep(start, start + len(chunk_hints), before, at, after, newest)
 
 
 class ReplayStream(beam.PTransform):
@@ -69,37 +117,26 @@ class ReplayStream(beam.PTransform):
         # BytesCoder, not TestStream's default pickling coder: a portable runner
         # (Flink) decodes the TestStream payload in Java.
         ts_stream = TestStream(coder=coders.BytesCoder())
-        watermark = None
         newest = None
-        for start in range(0, len(self._payloads), self._chunk):
-            chunk_hints = hints[start : start + self._chunk]
-            # Before a chunk arrives the watermark may move up to its oldest
-            # on-time event: event time passes while a key is idle, so idle keys
-            # expire in replay as they would live.
-            on_time = [
-                t for t in chunk_hints if t is not None and (watermark is None or t >= watermark)
-            ]
-            if on_time and watermark is not None and min(on_time) - self._lag > watermark:
-                watermark = min(on_time) - self._lag
-                ts_stream = ts_stream.advance_watermark_to(Timestamp.of(watermark))
-            chunk = []
-            for raw, ts in zip(
-                self._payloads[start : start + self._chunk],
-                chunk_hints,
-                strict=True,
-            ):
-                # Payloads without a parseable time ride at the watermark; the
-                # parser dead-letters them.
-                stamp = ts if ts is not None else (watermark if watermark is not None else 0.0)
-                chunk.append(TimestampedValue(raw, stamp))
-                if ts is not None and (newest is None or ts > newest):
-                    newest = ts
-            ts_stream = ts_stream.add_elements(chunk)
-            if newest is not None:
-                target = newest - self._lag
-                if watermark is None or target > watermark:
-                    watermark = target
-                    ts_stream = ts_stream.advance_watermark_to(Timestamp.of(watermark))
+        for step in replay_schedule(hints, self._chunk, self._lag):
+            if step.before is not None:
+                ts_stream = ts_stream.advance_watermark_to(Timestamp.of(step.before))
+            # Payloads without a parseable time ride at the watermark; the parser
+            # dead-letters them.
+            at = step.at if step.at is not None else 0.0
+            ts_stream = ts_stream.add_elements(
+                [
+                    TimestampedValue(raw, ts if ts is not None else at)
+                    for raw, ts in zip(
+                        self._payloads[step.start : step.end],
+                        hints[step.start : step.end],
+                        strict=True,
+                    )
+                ]
+            )
+            if step.after is not None:
+                ts_stream = ts_stream.advance_watermark_to(Timestamp.of(step.after))
+            newest = step.newest
         if newest is not None:
             # Drain first: the watermark passes every pending timer (releases,
             # idle-key expiry) while the stream is still open, so what those
