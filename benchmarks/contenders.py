@@ -168,12 +168,12 @@ def _run_streaming(
     the wall time of construction + run."""
     import apache_beam as beam
 
-    from streamsift.pipeline.options import make_runner, streaming_options
+    from streamsift.pipeline.options import make_runner, start_pipeline, streaming_options
 
     t0 = time.perf_counter()
     pipeline = beam.Pipeline(runner=make_runner(runner), options=streaming_options(list(beam_args)))
     build(pipeline)
-    result = pipeline.run()
+    result = start_pipeline(pipeline)
     result.wait_until_finish()
     wall = time.perf_counter() - t0
     return _beam_counters(result), wall

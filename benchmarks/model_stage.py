@@ -74,7 +74,7 @@ def _batch_pipeline(rows: list[np.ndarray], handler: Any | None) -> tuple[int, f
     from apache_beam.ml.inference.base import RunInference
 
     from benchmarks.beam_fns import NAMESPACE, CountElements
-    from streamsift.pipeline.options import make_runner
+    from streamsift.pipeline.options import make_runner, start_pipeline
 
     t0 = time.perf_counter()
     p = beam.Pipeline(runner=make_runner("DirectRunner"))
@@ -82,7 +82,7 @@ def _batch_pipeline(rows: list[np.ndarray], handler: Any | None) -> tuple[int, f
     if handler is not None:
         pcoll = pcoll | "RunInference" >> RunInference(handler)
     pcoll | "Count" >> beam.ParDo(CountElements("rows_out"))
-    result = p.run()
+    result = start_pipeline(p)
     result.wait_until_finish()
     wall = time.perf_counter() - t0
     out = 0

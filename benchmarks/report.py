@@ -264,6 +264,12 @@ def _setup_section(res: Mapping[str, Any]) -> list[str]:
         "RSS after imports and reading the payloads, just before the run",
         "* wall time: pipeline construction (the replay source reads every payload's "
         "time) + run until the stream is exhausted; events/s = events in / wall time",
+        "* every Beam contender (and `floor`) is started the way streamsift starts its own "
+        "pipelines, `Pipeline.run(test_runner_api=False)` "
+        "(`streamsift.pipeline.options.start_pipeline`): Beam's default `run()` on the "
+        "DirectRunner first pickles every transform and rebuilds the graph from its proto, "
+        "which for a replay holding the whole stream costs seconds per run (runs before "
+        "2026-11-23 19:00 paid it in every contender, the floor most in relative terms)",
         "",
     ]
     return lines

@@ -8,6 +8,7 @@ import apache_beam as beam
 import pytest
 from apache_beam import coders
 from apache_beam.runners.common import DoFnSignature
+from apache_beam.runners.runner import PipelineState
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms import core, userstate
 from apache_beam.transforms.timeutil import TimeDomain
@@ -168,3 +169,81 @@ def test_stateful_pipeline_on_the_patched_runner():
     p.run().wait_until_finish()
     # each key counts its events until its timer (10 s after the last) fires
     assert sorted(_OUT) == [("a", 1), ("a", 2), ("b", 1), ("b", 1)]
+
+
+class _Recording(beam.runners.direct.direct_runner.BundleBasedDirectRunner):
+    """The DirectRunner, remembering which pipeline object it was handed."""
+
+    seen: list = []
+
+    def run_pipeline(self, pipeline, options):
+        _Recording.seen.append(pipeline)
+        return super().run_pipeline(pipeline, options)
+
+
+def test_start_pipeline_runs_the_built_graph_without_a_runner_api_round_trip():
+    from streamsift.pipeline.options import start_pipeline
+
+    out = []
+    for start in (lambda p: p.run(), start_pipeline):
+        _Recording.seen.clear()
+        p = beam.Pipeline(runner=_Recording(), options=streaming_options([]))
+        _ = (
+            p
+            | TestStream().add_elements([1, 2, 3]).advance_watermark_to_infinity()
+            | beam.Map(lambda x: x * 10)
+        )
+        start(p).wait_until_finish()
+        out.append(_Recording.seen[-1] is p)
+    # Beam's default run() rebuilds the graph from its proto and runs the copy;
+    # start_pipeline hands the runner the graph that was built
+    assert out == [False, True]
+
+
+def _slow_pipeline(n: int, fail_at: int | None = None) -> beam.Pipeline:
+    import time
+
+    def _slow(x):
+        time.sleep(0.05)
+        if x == fail_at:
+            raise ValueError(f"element {x} failed")
+        return x
+
+    stream = TestStream()
+    for start in range(0, n, 5):  # bundles of 5 elements (a cancel waits for one)
+        stream = stream.add_elements(list(range(start, min(n, start + 5))))
+    p = beam.Pipeline(runner=make_runner("DirectRunner"), options=streaming_options([]))
+    _ = p | stream.advance_watermark_to_infinity() | beam.Map(_slow)
+    return p
+
+
+def test_wait_with_progress_ticks_and_returns_the_runs_error():
+    from streamsift.pipeline.options import start_pipeline
+    from streamsift.pipeline.run import wait_with_progress
+
+    ticks = []
+    error, interrupted = wait_with_progress(
+        start_pipeline(_slow_pipeline(30)), lambda: ticks.append(1)
+    )
+    assert (error, interrupted) == (None, False)
+    assert len(ticks) >= 2  # 30 x 50 ms: at least two 0.5 s ticks
+    error, interrupted = wait_with_progress(start_pipeline(_slow_pipeline(5, fail_at=2)))
+    assert not interrupted
+    assert "element 2 failed" in str(error)
+
+
+def test_wait_with_progress_cancels_the_run_on_ctrl_c():
+    import _thread
+    import threading
+
+    from streamsift.pipeline.options import start_pipeline
+    from streamsift.pipeline.run import wait_with_progress
+
+    result = start_pipeline(_slow_pipeline(400))  # 20 s if not stopped
+    calls = []
+    timer = threading.Timer(0.3, _thread.interrupt_main)  # Ctrl-C while waiting
+    timer.start()
+    error, interrupted = wait_with_progress(result, on_interrupt=lambda: calls.append(1))
+    timer.join()
+    assert (error, interrupted, calls) == (None, True, [1])
+    assert result.state == PipelineState.CANCELLED

@@ -134,3 +134,65 @@ def test_property_every_payload_accounted_for(payload):
     else:
         assert out.error_kind in ERROR_KINDS
         assert out.error_kind != "internal_error", out.message
+
+
+_PAYLOADS = st.one_of(
+    st.binary(max_size=3000),
+    _objects().map(lambda o: json.dumps(o, allow_nan=True).encode()),
+    _objects().map(lambda o: json.dumps(o, allow_nan=True, ensure_ascii=False).encode()),
+    json_values.map(lambda o: json.dumps(o, allow_nan=True).encode()),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_PAYLOADS, max_size=8))
+def test_property_chunk_parser_equals_event_parser(payloads):
+    # the batched engine's parser (orjson fast path) gives exactly the
+    # per-element parser's events and dead letters, in input order
+    from streamsift.models.batch import ChunkParser
+
+    events, dead = ChunkParser(CFG).parse_many(payloads, ingest=3.0)
+    ref = [P.parse(p, 3.0) for p in payloads]
+    assert events == [r for r in ref if isinstance(r, Event)]
+    assert dead == [r for r in ref if isinstance(r, DeadLetter)]
+
+
+_NUMBER_TEXTS = st.one_of(
+    st.integers().map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.from_regex(r"\A-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?\Z"),
+    st.integers(min_value=300, max_value=400).map(lambda n: "9" * n),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_PAYLOADS, _NUMBER_TEXTS.map(str.encode)))
+def test_property_json_loads_is_the_standard_parser(raw):
+    from streamsift.parsing import json_loads
+
+    try:
+        expected = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            json_loads(raw)
+        return
+    got = json_loads(raw)
+    # integers beyond 64 bits come back as their float where orjson parsed the
+    # text, as json's int where json did (see json_loads)
+    assert json.dumps(got, allow_nan=True) in (
+        json.dumps(expected, allow_nan=True),
+        json.dumps(_wide_ints_as_floats(expected), allow_nan=True),
+    )
+
+
+def _wide_ints_as_floats(obj):
+    if type(obj) is int and not -(2**63) <= obj < 2**64:
+        try:
+            return float(obj)
+        except OverflowError:  # orjson refuses it: json.loads's int stands
+            return obj
+    if isinstance(obj, list):
+        return [_wide_ints_as_floats(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _wide_ints_as_floats(v) for k, v in obj.items()}
+    return obj

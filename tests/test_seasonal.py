@@ -270,3 +270,30 @@ def test_bin_codes_track_mean_and_spread_without_bias():
     sds = np.sqrt([det.bin_state(st, 0, k)[2] for k in range(48)])
     assert abs(means.mean() - 1000.0) < 0.3
     assert 1.6 < np.median(sds) < 2.4
+
+
+def test_slow_season_half_life_with_wide_counts_builds_fast_and_learns_as_the_full_table(
+    monkeypatch,
+):
+    # readapt_after > 64 needs wide count codes; a half-life of 1e5 visits then asks
+    # for ~3e6 learning rates (1e9: ~4e10, which used to hang the constructor):
+    # past RATE_TABLE_MAX they are computed by the table's own expression
+    from streamsift.models import seasonal
+
+    cfg = DetectorConfig(season_half_life=1e5, readapt_after=100, season_bins=1)
+    slow = SeasonalDetector(("x",), DetectorConfig(season_half_life=1e9, readapt_after=100))
+    assert len(slow._rates) == seasonal.RATE_TABLE_MAX
+    xs = [10.0 + (i % 7) * 0.5 for i in range(5000)]  # one bin: visits reach 5,000
+
+    def run():
+        det = SeasonalDetector(("x",), cfg)
+        st = det.new_buffer()
+        out = [det.step(st, 0.0, [x]) for x in xs]
+        assert det.bin_state(st, 0, 0)[0] > 4096  # visits past the table
+        return out, det.encode(st), len(det._rates)
+
+    small, small_state, n_small = run()
+    monkeypatch.setattr(seasonal, "RATE_TABLE_MAX", 10_000)
+    full, full_state, n_full = run()
+    assert (n_small, n_full) == (4096, 10_000)
+    assert small == full and small_state == full_state

@@ -559,7 +559,7 @@ def _detect_beam_zscore(series: Series, cfg: Config, run_dir: str, runner: str) 
     import apache_beam as beam
     from apache_beam.ml.anomaly.transforms import AnomalyDetection
 
-    from streamsift.pipeline.options import make_runner, streaming_options
+    from streamsift.pipeline.options import make_runner, start_pipeline, streaming_options
     from streamsift.pipeline.run import read_jsonl
     from streamsift.transforms import sinks
     from streamsift.transforms.parse import ParseEvents
@@ -582,7 +582,7 @@ def _detect_beam_zscore(series: Series, cfg: Config, run_dir: str, runner: str) 
         | "Write" >> sinks.WriteJsonLines(out_path, _zscore_result)
     )
     start = time.monotonic()
-    pipeline.run().wait_until_finish()
+    start_pipeline(pipeline).wait_until_finish()
     elapsed = time.monotonic() - start
     sinks.close_all()
     by_ms = _rows_by_ms(series)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,8 +18,14 @@ from streamsift.io.clients import BrokerUnavailable
 from streamsift.io.sinks import Destination, WriteToDestination, parse_destination
 from streamsift.pipeline.build import OutputPaths, build_engine_detection
 from streamsift.pipeline.console import console
-from streamsift.pipeline.options import make_runner, streaming_options
-from streamsift.pipeline.run import RunResult, _counters, _progress_text, read_jsonl
+from streamsift.pipeline.options import make_runner, start_pipeline, streaming_options
+from streamsift.pipeline.run import (
+    RunResult,
+    _counters,
+    _progress_text,
+    read_jsonl,
+    wait_with_progress,
+)
 from streamsift.transforms import sinks as file_sinks
 from streamsift.transforms.sinks import PrintAlerts, dead_letter_to_dict, late_event_to_dict
 
@@ -340,30 +345,20 @@ def run_broker(
         raise
     stats = direct.source_stats(read.run_id) if read is not None else direct.SourceStats()
     start = time.monotonic()
-    result = pipeline.run()
-    error: list[BaseException] = []
+    result = start_pipeline(pipeline)
 
-    def _wait() -> None:
-        try:
-            result.wait_until_finish()
-        except BaseException as exc:  # re-raised in the caller's thread
-            error.append(exc)
+    def _tick() -> None:
+        text = _progress_text(_counters(result), None, time.monotonic() - start)
+        console.progress(f"{text}  committed {stats.committed}")
 
-    waiter = threading.Thread(target=_wait, name="streamsift-wait", daemon=True)
-    waiter.start()
-    interrupted = False
+    def _interrupted() -> None:  # Ctrl-C: stop; what was not committed is read again
+        console.line("streamsift: interrupted; stopping (uncommitted input is re-read)")
+
+    error, interrupted = None, False
     try:
-        while waiter.is_alive():
-            try:
-                waiter.join(0.5)
-            except KeyboardInterrupt:  # Ctrl-C: stop; what was not committed is read again
-                interrupted = True
-                console.line("streamsift: interrupted; stopping (uncommitted input is re-read)")
-                result.cancel()
-                break
-            if show_progress:
-                text = _progress_text(_counters(result), None, time.monotonic() - start)
-                console.progress(f"{text}  committed {stats.committed}")
+        error, interrupted = wait_with_progress(
+            result, _tick if show_progress else None, on_interrupt=_interrupted
+        )
     finally:
         elapsed = time.monotonic() - start
         counters = _counters(result)
@@ -377,8 +372,8 @@ def run_broker(
         io_sinks.close_all()
         file_sinks.close_all()
         services.close()
-    if error and not interrupted:
-        raise error[0]
+    if error is not None and not interrupted:
+        raise error
     if dests["alerts"].kind == "file":
         alerts = read_jsonl(dests["alerts"].target)
     else:  # only the per-severity counts are known here

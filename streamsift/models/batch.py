@@ -51,13 +51,13 @@ per key in sequence.
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from apache_beam.utils.timestamp import MAX_TIMESTAMP
 
 from streamsift.config import Config, EventTimeConfig, InputConfig
@@ -147,7 +147,9 @@ class ChunkParser:
         max_bytes = cfg.max_payload_bytes
         fields = self._fields
         numeric_time = self._numeric_time
-        loads = json.loads
+        # orjson first (five times faster); what it refuses goes to the
+        # standard-library parser of the slow path (see parsing.json_loads)
+        loads = orjson.loads
         slow = self._parser.parse
         events: list[Event] = []
         dead: list[DeadLetter] = []
@@ -155,8 +157,8 @@ class ChunkParser:
             ev = None
             if type(raw) is bytes and len(raw) <= max_bytes:
                 try:
-                    obj = loads(raw.decode("utf-8"))
-                except (ValueError, RecursionError):
+                    obj = loads(raw)
+                except ValueError:  # orjson.JSONDecodeError, bad UTF-8 included
                     obj = None
                 if type(obj) is dict:
                     ev = self._fast(obj, kf, tf, lf, fmt, fields, numeric_time, ingest)

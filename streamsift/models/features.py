@@ -449,11 +449,13 @@ class RollingFeatures:
         if w_long <= 0.0:
             self._learn_first(buf, xs)
             return list(self._zeros[nh * self.n_fields :])
-        # state before the event: baseline (longest horizon) and counts
-        m_longs = buf[last + 1 : last + stride : 4]
-        counts = buf[0 : nh * stride : stride]
         inv_taus = self._inv_taus
-        # learn the event in every horizon (the arithmetic of step, without the z-scores)
+        if nh > 1:
+            counts = buf[0:last:stride]  # state before the event
+        out: list[float] = []
+        app = out.append
+        # learn the event in every horizon (the arithmetic of step, without the
+        # z-scores); the longest horizon last, with the ratio features
         base = 0
         for k in inv_taus:
             d = _exp(-dt * k)
@@ -463,6 +465,20 @@ class RollingFeatures:
             inv = 1.0 / w
             keep = w0 * inv
             p = base + 1
+            if base != last:
+                for x in xs:
+                    m = buf[p]
+                    delta = x - m
+                    mn = m + delta * inv
+                    buf[p] = mn
+                    buf[p + 1] = (buf[p + 1] + delta * delta * inv) * keep
+                    lo = mn + (buf[p + 2] - mn) * d
+                    buf[p + 2] = x if x < lo else lo
+                    hi = mn + (buf[p + 3] - mn) * d
+                    buf[p + 3] = x if x > hi else hi
+                    p += 4
+                base += stride
+                continue
             for x in xs:
                 m = buf[p]
                 delta = x - m
@@ -474,28 +490,29 @@ class RollingFeatures:
                 hi = mn + (buf[p + 3] - mn) * d
                 buf[p + 3] = x if x > hi else hi
                 p += 4
-            base += stride
-        out: list[float] = []
-        app = out.append
-        # ratio to the baseline
-        for x, m in zip(xs, m_longs, strict=True):
-            if x == m:
-                app(0.0)
-                continue
-            den = m
-            if -RATIO_FLOOR < den < RATIO_FLOOR:
-                den = RATIO_FLOOR if den >= 0.0 else -RATIO_FLOOR
-            u = x / den - 1.0
-            lr = _log1p(u) if u >= 0.0 else -_log1p(-u)
-            app(50.0 if lr > 50.0 else (-50.0 if lr < -50.0 else lr))
+                # ratio to the baseline (the longest horizon's mean before the event)
+                if x == m:
+                    app(0.0)
+                    continue
+                den = m
+                if -RATIO_FLOOR < den < RATIO_FLOOR:
+                    den = RATIO_FLOOR if den >= 0.0 else -RATIO_FLOOR
+                u = x / den - 1.0
+                lr = _log1p(u) if u >= 0.0 else -_log1p(-u)
+                app(50.0 if lr > 50.0 else (-50.0 if lr < -50.0 else lr))
         # time since the previous event relative to the usual spacing
+        # (_bound inlined here and below)
         taus = self.taus
         tau_l = taus[-1]
         inv_l = inv_taus[-1]
         if dt > 0.0:
             age_prev = age - dt
             eff_prev = -tau_l * _expm1(-age_prev * inv_l) if age_prev > 0.0 else 0.0
-            app(_bound(_log(dt * w_long / eff_prev + GAP_EPS)) if eff_prev > 0.0 else 0.0)
+            if eff_prev > 0.0:
+                v = _log(dt * w_long / eff_prev + GAP_EPS)
+                app(50.0 if v > 50.0 else (-50.0 if v < -50.0 else v))
+            else:
+                app(0.0)
         else:
             app(_LOG_GAP_EPS)
         # burstiness: log(rate_h / rate_longest)
@@ -504,8 +521,10 @@ class RollingFeatures:
             if eff_long > 0.0:
                 lr_long = _log(w_long) - dt * inv_l - _log(eff_long)
                 for h in range(nh - 1):
-                    eff_h = -taus[h] * _expm1(-age * inv_taus[h])
-                    app(_bound(_log(counts[h]) - dt * inv_taus[h] - _log(eff_h) - lr_long))
+                    k = inv_taus[h]
+                    eff_h = -taus[h] * _expm1(-age * k)
+                    v = _log(counts[h]) - dt * k - _log(eff_h) - lr_long
+                    app(50.0 if v > 50.0 else (-50.0 if v < -50.0 else v))
             else:
                 out.extend(self._zeros[: nh - 1])
         return out

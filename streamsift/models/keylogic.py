@@ -64,6 +64,7 @@ _HEADER = struct.Struct("<BBHHQdd")  # module level: KeyLogic itself stays pickl
 _Z_CLIP = 50.0
 #: the stage-1 z-scores are already clipped to +-Z_BOUND: clipping them again is a no-op
 _ZS_CLIPPED = Z_BOUND <= _Z_CLIP
+_tuple_new = tuple.__new__
 
 
 @dataclass
@@ -220,12 +221,17 @@ class KeyLogic:
                 f"values must have {nf} items (one per field {list(self.field_names)}); "
                 f"got {len(values)}"
             )
-        ts = float(ts)
+        if type(ts) is not float:
+            ts = float(ts)
         if ts - ts != 0.0:
             raise ValueError(f"ts must be a finite number of seconds; got {ts!r}")
-        xs = [float(v) for v in values]
-        for x in xs:
-            if not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE:
+        # Values that are already plain floats within +-MAX_ABS_VALUE (what the
+        # engines pass: Event.values) are used as they are, without a copy; the
+        # models only read them. Anything else is converted and clamped.
+        xs = values
+        for x in values:
+            if type(x) is not float or not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE:
+                xs = [float(v) for v in values]
                 xs = [
                     x
                     if -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE
@@ -237,24 +243,31 @@ class KeyLogic:
         if n == 0:
             state.first_ts = state.last_ts = ts
             dt = 0.0
+            age = 0.0
         else:
-            dt = ts - state.last_ts
+            last_ts = state.last_ts
+            dt = ts - last_ts
             if dt > 0.0:
-                state.last_ts = ts
+                state.last_ts = last_ts = ts
                 if dt > MAX_DT_S:
                     dt = MAX_DT_S
             else:
                 dt = 0.0
-        age = state.last_ts - state.first_ts
-        if age > MAX_DT_S:
-            age = MAX_DT_S
+            age = last_ts - state.first_ts
+            if age > MAX_DT_S:
+                age = MAX_DT_S
         # the model input: the rolling features without their z-scores (see
         # __init__), computed without them, then the stage-1 deviations
         feats = self._rolling.step_model(state.rolling, dt, age, xs)
-        score, reasons, zs = self._prefilter.step(state.prefilter, n, dt, xs)
+        pf = self._prefilter
+        score, reasons, zs = (pf._step_ewma if pf._fused else pf.step)(state.prefilter, n, dt, xs)
         det = self._detector
-        dres = det.step(state.detector, ts, xs) if det is not None else None
-        anomaly = dres.score if dres is not None else 0.0
+        if det is not None:
+            dres = det.step(state.detector, ts, xs)
+            anomaly = dres.score
+        else:
+            dres = None
+            anomaly = 0.0
         state.n = n + 1
         # The stage-1 deviations join the model input: their baselines do not
         # learn from flagged points, so a persisting anomaly stays visible to
@@ -277,7 +290,8 @@ class KeyLogic:
                 )
         else:
             escalated = n >= self._warmup and score >= self._threshold
-        return StepResult(tuple(feats), score, reasons, escalated, anomaly)
+        # StepResult(...) without the namedtuple's Python-level __new__
+        return _tuple_new(StepResult, (tuple(feats), score, reasons, escalated, anomaly))
 
     def _detector_reasons(self, dres: DetectorResult) -> tuple[Reason, ...]:
         """The detector's verdict line, then its most deviating fields (|z| >= 3,

@@ -38,6 +38,8 @@ import math
 __all__ = ["AnomalyLikelihood", "tail_to_score"]
 
 _SQRT2 = math.sqrt(2.0)
+_sqrt = math.sqrt
+_erfc = math.erfc
 
 
 def tail_to_score(tail: float, decades: float = 12.0) -> float:
@@ -147,17 +149,30 @@ class AnomalyLikelihood:
         """Tail probability (in (0, 1]; small = anomalous) of ``raw`` joining the
         short-term window, from the state before it; then learn it. ``n``: the
         scores learnt into this buffer before (0 for a new one)."""
-        avg, pos = self._short_mean(buf, o, raw, n)
-        tail = self._tail(buf, o, avg, n)
-        buf[o + self.HEADER + pos] = raw
+        # _short_mean and _tail inlined (same arithmetic, in the same order): this
+        # runs once per event of every key
+        w = self.window
+        h = o + 2  # HEADER
+        pos = n % w
+        if n >= w:
+            avg = (sum(buf[h : h + w]) - buf[h + pos] + raw) / w
+        else:
+            avg = (sum(buf[h : h + n]) + raw) / (n + 1)
+        buf[h + pos] = raw
         if n <= 0:
             buf[o] = avg
             buf[o + 1] = 0.0
-        else:
-            a = self._alpha if n >= self._settled else self._alpha / (1.0 - self._keep ** (n + 1))
-            d = avg - buf[o]
-            buf[o] += a * d
-            buf[o + 1] = (1.0 - a) * (buf[o + 1] + a * d * d)
+            return 0.5
+        m = buf[o]
+        v = buf[o + 1]
+        sd = _sqrt(v) if v > 0.0 else 0.0
+        if sd < self.min_sd:
+            sd = self.min_sd
+        d = avg - m
+        tail = 0.5 * _erfc(d / (sd * _SQRT2))
+        a = self._alpha if n >= self._settled else self._alpha / (1.0 - self._keep ** (n + 1))
+        buf[o] = m + a * d
+        buf[o + 1] = (1.0 - a) * (v + a * d * d)
         return tail
 
     def learn_one(self, raw: float) -> None:

@@ -667,10 +667,11 @@ class Prefilter:
         self, buf: list[float], n: int, dt: float, xs: Sequence[float]
     ) -> tuple[float, tuple[Reason, ...], list[float]]:
         """:meth:`step` for :class:`EWMAZScore` with its kernels (``zscores_at``,
-        ``scales_at``, ``update_many``, ``decay_factor``) inlined: the same
-        floating-point operations in the same order, so the results and the
-        buffer are bit-identical to the generic path's (flagged points,
-        re-adaptations and reasons included):
+        ``scales_at``, ``update_many``, ``decay_factor``) inlined and every slot
+        scored and learned in one pass (the gap first, then each field with the
+        pair it closes): each value gets the same floating-point operations, so
+        the results and the buffer are bit-identical to the generic path's
+        (flagged points, re-adaptations and reasons included):
 
         >>> import random
         >>> rng = random.Random(3)
@@ -692,31 +693,77 @@ class Prefilter:
         w = self.width
         nf = self.n_fields
         qo = self.quantum_offset
+        po = self.prev_offset
         og = self.gap_offset
         co = self.corr_offset
         pgo = self.prev_gap_offset
         quanta = buf[qo : qo + nf]
-        # The fields' slots are scored and learned in one pass (a field's update
-        # depends on its own z only); the reasons, built after all signals are
-        # scored, read the slots as they were before the event (``pre``).
-        pre = buf[: nf * w]
+        # Every slot is scored and learned in one pass (a slot's update depends on
+        # its own z and, for a pair, on its two fields' z only); the reasons, built
+        # after all signals are scored, read the slots as they were before the
+        # event: ``pre`` (one slice copy, cheaper than reading the slots twice).
+        pre = buf[:co]
         d = _exp(-(dt if dt < _MAX_DT else _MAX_DT) * det._k) if dt > 0.0 else 1.0
         warm = n >= self.warmup
+        # det.threshold == self.threshold (maybe as an int): comparisons are exact
         lim = det.threshold if warm else math.inf
-        readapted = None
-        allz: list[float] = []
+        track = n > 0
+        # -- the inter-arrival signal (signal nf; independent of the fields)
+        zg = 0.0
+        if track:
+            g = _log(dt + GAP_FLOOR_S)
+            wgt = buf[og]
+            if wgt > 0.0:
+                v = g
+                mean = buf[og + 1]
+                if g < mean and n > 1:
+                    gp = _log(buf[pgo] + GAP_FLOOR_S)
+                    if gp > v:
+                        v = gp if gp < mean else mean
+                sd = _sqrt(buf[og + 2])
+                fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
+                z = (v - mean) / (sd if sd > fl else fl)
+                zg = Z_BOUND if z > Z_BOUND else (-Z_BOUND if z < -Z_BOUND else z)
+            if (zg if zg >= 0.0 else -zg) >= lim:
+                det._flag_at(buf, og, g, d)
+            else:
+                w0 = wgt * d
+                wn = w0 + 1.0
+                buf[og] = wn
+                if w0 > 0.0:
+                    inv = 1.0 / wn
+                    m = buf[og + 1]
+                    delta = g - m
+                    buf[og + 1] = m + delta * inv
+                    buf[og + 2] = (buf[og + 2] + delta * delta * inv) * (w0 * inv)
+                else:
+                    buf[og + 1] = g
+                    buf[og + 2] = 0.0
+                buf[og + 3] = 0.0
+            buf[pgo] = dt
+        # -- the fields, and with field k the pair (k - 1, k)
+        allz: list[float] = []  # the fields' z, then the gap's, then the pairs'
         zapp = allz.append
         absz: list[float] = []
         aapp = absz.append
-        fine: list[bool] = []
-        fapp = fine.append
-        o = 0
+        pz: list[float] = []  # the pairs' z and |z|, appended to allz / absz at the end
+        pzapp = pz.append
+        paz: list[float] = []
+        pazapp = paz.append
+        cs: list[float | None] = []  # the pairs' residuals (None: inactive pair)
+        capp = cs.append
+        o = 0  # slot of field k
+        op = og  # slot of the pair (k - 1, k): og + k * w
+        r = co - 1  # its learned correlation: co + k - 1
         k = 0
+        # field k - 1: z, |z|, resolved finer than its spread, re-adapted now
+        za = aza = 0.0
+        fine_a = readapted_a = False
         for x, q in zip(xs, quanta, strict=True):
             wgt = buf[o]
             var = buf[o + 2]
             sd = _sqrt(var)
-            fapp(q < sd)
+            fine = q < sd
             # -- score (state before the event)
             if wgt > 0.0:
                 mean = buf[o + 1]
@@ -733,16 +780,14 @@ class Prefilter:
                     if z < -Z_BOUND:
                         z = -Z_BOUND
                     az = -z
-                zapp(z)
-                aapp(az)
             else:
-                az = 0.0
-                zapp(0.0)
-                aapp(0.0)
+                z = az = 0.0
+            zapp(z)
+            aapp(az)
             # -- learn (det.update_many, inlined)
+            readapted = False
             if az >= lim:
-                if det._flag_at(buf, o, x, d) == READAPTED:
-                    readapted = (readapted or []) + [k]
+                readapted = det._flag_at(buf, o, x, d) == READAPTED
             else:
                 w0 = wgt * d
                 wn = w0 + 1.0
@@ -757,130 +802,93 @@ class Prefilter:
                     buf[o + 1] = x
                     buf[o + 2] = 0.0
                 buf[o + 3] = 0.0
-            o += w
-            k += 1
-        zg = 0.0
-        g = 0.0
-        if n > 0:
-            g = _log(dt + GAP_FLOOR_S)
-            if buf[og] > 0.0:
-                v = g
-                mean = buf[og + 1]
-                if g < mean and n > 1:
-                    gp = _log(buf[pgo] + GAP_FLOOR_S)
-                    if gp > v:
-                        v = gp if gp < mean else mean
-                sd = _sqrt(buf[og + 2])
-                fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
-                z = (v - mean) / (sd if sd > fl else fl)
-                zg = Z_BOUND if z > Z_BOUND else (-Z_BOUND if z < -Z_BOUND else z)
-        zs = allz[:nf]
-        zapp(zg)
-        aapp(zg if zg >= 0.0 else -zg)
-        cs: list[float | None] = []
-        if nf > 1:
-            # a pair is active (not None) while both fields are resolved finer than
-            # their spread (for counts such as errors in {0, 1, 2} a residual means nothing)
-            capp = cs.append
-            o = og + w
-            for p in range(nf - 1):
-                if fine[p] and fine[p + 1]:
-                    c = zs[p + 1] - buf[co + p] * zs[p]
-                    capp(c)
-                    if buf[o] > 0.0:
-                        mean = buf[o + 1]
-                        sd = _sqrt(buf[o + 2])
-                        fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
-                        z = (c - mean) / (sd if sd > fl else fl)
-                        z = Z_BOUND if z > Z_BOUND else (-Z_BOUND if z < -Z_BOUND else z)
-                        zapp(z)
-                        aapp(z if z >= 0.0 else -z)
-                    else:
-                        zapp(0.0)
-                        aapp(0.0)
-                else:
-                    capp(None)
-                    zapp(0.0)
-                    aapp(0.0)
-                o += w
-        score = max(absz)
-        thr = self.threshold
-        if score >= thr:
-            # the field slots as they were before the event, the others not learned yet
-            reasons = self._reasons(pre + buf[nf * w :], absz, allz, xs, dt, cs)
-        else:
-            reasons = ()
-        # -- learn the other signals -------------------------------------------
-        if n > 0:
-            o = og
-            if absz[nf] >= lim:
-                det._flag_at(buf, o, g, d)
-            else:
-                w0 = buf[o] * d
-                wn = w0 + 1.0
-                buf[o] = wn
-                if w0 > 0.0:
-                    inv = 1.0 / wn
-                    m = buf[o + 1]
-                    delta = g - m
-                    buf[o + 1] = m + delta * inv
-                    buf[o + 2] = (buf[o + 2] + delta * delta * inv) * (w0 * inv)
-                else:
-                    buf[o + 1] = g
-                    buf[o + 2] = 0.0
-                buf[o + 3] = 0.0
-            buf[pgo] = dt
-        if nf > 1:
-            if readapted is not None:
-                # a field jumped to a new level: its pairs' deviations were relative to
-                # the old one, so their runs end and they learn nothing now
-                cs = [None if p in readapted or p + 1 in readapted else c for p, c in enumerate(cs)]
-            # the pair slots (det.update_many, inlined), then the learned
-            # correlation of each pair from points none of its signals flagged
-            lim_c = thr if warm else math.inf
-            o = og + w
-            for p, c in enumerate(cs):
-                if c is None:
-                    buf[o] *= d
-                    buf[o + 3] = 0.0
-                    o += w
-                    continue
-                az = absz[nf + 1 + p]
-                if az >= lim:
-                    det._flag_at(buf, o, c, d)
-                else:
-                    w0 = buf[o] * d
-                    wn = w0 + 1.0
-                    buf[o] = wn
-                    if w0 > 0.0:
-                        inv = 1.0 / wn
-                        m = buf[o + 1]
-                        delta = c - m
-                        buf[o + 1] = m + delta * inv
-                        buf[o + 2] = (buf[o + 2] + delta * delta * inv) * (w0 * inv)
-                    else:
-                        buf[o + 1] = c
-                        buf[o + 2] = 0.0
-                    buf[o + 3] = 0.0
-                if absz[p] >= lim_c or absz[p + 1] >= lim_c or az >= lim_c:
-                    o += w
-                    continue
-                za = zs[p]
-                zb = zs[p + 1]
-                za = _CORR_CLIP if za > _CORR_CLIP else (-_CORR_CLIP if za < -_CORR_CLIP else za)
-                zb = _CORR_CLIP if zb > _CORR_CLIP else (-_CORR_CLIP if zb < -_CORR_CLIP else zb)
-                rho = buf[co + p]
-                rho += (za * zb - rho) / buf[o]
-                buf[co + p] = 1.0 if rho > 1.0 else (-1.0 if rho < -1.0 else rho)
-                o += w
-        # resolution of each field: smallest nonzero step between consecutive values
-        po = self.prev_offset
-        if n > 0:
-            for i, (x, pv, q) in enumerate(zip(xs, buf[po : po + nf], quanta, strict=True)):
+            # -- resolution: smallest nonzero step between consecutive values
+            if track:
+                pv = buf[po + k]
                 step = x - pv if x > pv else pv - x
                 if step > 0.0 and (step < q or q == 0.0):
-                    buf[qo + i] = step
+                    buf[qo + k] = step
+            # -- the pair (k - 1, k): its residual z_k - rho * z_(k-1)
+            if k:
+                if not (fine_a and fine):
+                    # inactive: a field is resolved no finer than its spread (for
+                    # counts such as errors in {0, 1, 2} a residual means nothing)
+                    capp(None)
+                    pzapp(0.0)
+                    pazapp(0.0)
+                    buf[op] *= d
+                    buf[op + 3] = 0.0
+                else:
+                    rho = buf[r]
+                    c = z - rho * za
+                    capp(c)
+                    wgt = buf[op]
+                    if wgt > 0.0:
+                        mean = buf[op + 1]
+                        sd = _sqrt(buf[op + 2])
+                        fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
+                        zc = (c - mean) / (sd if sd > fl else fl)
+                        zc = Z_BOUND if zc > Z_BOUND else (-Z_BOUND if zc < -Z_BOUND else zc)
+                        azc = zc if zc >= 0.0 else -zc
+                        pzapp(zc)
+                        pazapp(azc)
+                    else:
+                        azc = 0.0
+                        pzapp(0.0)
+                        pazapp(0.0)
+                    if readapted_a or readapted:
+                        # a field jumped to a new level: the pair's deviation was
+                        # relative to the old one, so its run ends and it learns nothing
+                        buf[op] *= d
+                        buf[op + 3] = 0.0
+                    elif azc >= lim:
+                        det._flag_at(buf, op, c, d)
+                    else:
+                        w0 = wgt * d
+                        wn = w0 + 1.0
+                        buf[op] = wn
+                        if w0 > 0.0:
+                            inv = 1.0 / wn
+                            m = buf[op + 1]
+                            delta = c - m
+                            buf[op + 1] = m + delta * inv
+                            buf[op + 2] = (buf[op + 2] + delta * delta * inv) * (w0 * inv)
+                        else:
+                            buf[op + 1] = c
+                            buf[op + 2] = 0.0
+                        buf[op + 3] = 0.0
+                        # the learned correlation, from points none of its signals flagged
+                        if aza < lim and az < lim:
+                            ca = (
+                                _CORR_CLIP
+                                if za > _CORR_CLIP
+                                else (-_CORR_CLIP if za < -_CORR_CLIP else za)
+                            )
+                            cb = (
+                                _CORR_CLIP
+                                if z > _CORR_CLIP
+                                else (-_CORR_CLIP if z < -_CORR_CLIP else z)
+                            )
+                            rho += (ca * cb - rho) / wn
+                            buf[r] = 1.0 if rho > 1.0 else (-1.0 if rho < -1.0 else rho)
+            za = z
+            aza = az
+            fine_a = fine
+            readapted_a = readapted
+            o += w
+            op += w
+            r += 1
+            k += 1
+        zapp(zg)
+        allz += pz
+        aapp(zg if zg >= 0.0 else -zg)
+        absz += paz
         buf[po : po + nf] = xs
+        score = max(absz)
+        if score >= self.threshold:
+            reasons = self._reasons(pre, absz, allz, xs, dt, cs)
+        else:
+            reasons = ()
         return score, reasons, allz
 
     def _reasons(

@@ -67,6 +67,7 @@ True
 from __future__ import annotations
 
 import math
+import struct
 import sys
 from array import array
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from streamsift.config import DetectorConfig
-from streamsift.models.likelihood import AnomalyLikelihood, tail_to_score
+from streamsift.models.likelihood import AnomalyLikelihood
 
 __all__ = ["DETECTOR_REASON", "DetectorResult", "SeasonalDetector", "SeasonalState"]
 
@@ -114,9 +115,20 @@ _PSI = 0.7548776662466927
 # per-field floats: level mean, level variance, resolution, previous value, lo, hi,
 # code centre, code step, run length, run mean offset, run offset variance
 _FW = 11
+#: learning rates of a bin's first visits kept in a table (see __init__)
+RATE_TABLE_MAX = 4096
 _log2 = math.log2
 _floor = math.floor
 _BIG_ENDIAN = sys.byteorder == "big"
+#: tail_to_score's floor for TAIL_DECADES (inlined in SeasonalDetector.step)
+_TAIL_FLOOR = 10.0**-TAIL_DECADES
+#: a bin's mean code minus _MEAN_MID, as a float (``s * (code - 2048)``, exactly)
+_MEAN_OFF = tuple(float(k - _MEAN_MID) for k in range(_MEAN_MAX + 1))
+#: a field's first nine / four floats in native float32 (the layout of array("f"))
+_F9 = struct.Struct("@9f")
+_F4 = struct.Struct("@4f")
+#: builds a DetectorResult without the NamedTuple's Python-level __new__
+_new_result = tuple.__new__
 
 
 class DetectorResult(NamedTuple):
@@ -214,11 +226,22 @@ class SeasonalDetector:
         self._vcap = (255 if narrow else (1 << 40) - 1) - max(cfg.readapt_after - 1, 0)
         self._min_visits = v_min if v_min <= self._vcap else self._vcap + 1
         self.nbytes = 4 * self._n_floats + (4 if narrow else 8) * (2 + self.n_fields * self._nb)
-        self._level = AnomalyLikelihood(1, cfg.level_half_life)  # for its rate() schedule
+        # the level baseline's learning rate: AnomalyLikelihood.rate() (inlined in step)
+        level = AnomalyLikelihood(1, cfg.level_half_life)
+        self._lvl_alpha = level._alpha
+        self._lvl_keep = level._keep
+        self._lvl_settled = level._settled
         # learning rate of a bin's visit after v visits: 1 / its weight, then a0
         keep = 1.0 - a0
         n_rates = min(self._vcap, int(math.log(1e-9) / math.log(keep)) + 2) if keep > 0.0 else 2
-        self._rates = (1.0, *(a0 / (1.0 - (1.0 - a0) ** (v + 1)) for v in range(1, n_rates)))
+        # visits below n_rates learn at a0 / (1 - keep ** (v + 1)); the first
+        # RATE_TABLE_MAX of them come from a table, the rest (slow half-lives with
+        # wide count codes only) are computed by the same expression in step()
+        self._n_rates = n_rates
+        self._rates = (
+            1.0,
+            *(a0 / (1.0 - (1.0 - a0) ** (v + 1)) for v in range(1, min(n_rates, RATE_TABLE_MAX))),
+        )
         self._a_season = a0
         self._thr = cfg.flag_z
         self._readapt = cfg.readapt_after
@@ -320,172 +343,223 @@ class SeasonalDetector:
                 k = 1 if k < 1 else (_VAR_MAX if k > _VAR_MAX else k)
             bins[i] = q | k << 12 | (word >> 24) << 24
 
+    def _start(self, st: SeasonalState, b: int, xs: Sequence[float]) -> list:
+        """Learn the key's first event (every baseline starts at it); its deviations."""
+        fl = st.floats
+        bins = st.words
+        o = self._fields_o
+        i = 2 + b
+        devs = []
+        for j, x in enumerate(xs):
+            if not -X_LIMIT <= x <= X_LIMIT:
+                x = X_LIMIT if x > 0.0 else (-X_LIMIT if x < 0.0 else 0.0)
+            fl[o] = fl[o + 3] = fl[o + 4] = fl[o + 5] = x
+            fl[o + 1] = 0.0
+            self._rebase(st, j, x, x)
+            mq = round((x - fl[o + 6]) / fl[o + 7]) + _MEAN_MID
+            bins[i] = (0 if mq < 0 else (_MEAN_MAX if mq > _MEAN_MAX else mq)) | 1 << 24
+            devs.append((0.0, x, 0.0, 0.0, False))
+            o += _FW
+            i += self._nb
+        return devs
+
     def step(self, st: SeasonalState, ts: float, xs: Sequence[float]) -> DetectorResult:
         """Score an event at event time ``ts`` (seconds) with finite values ``xs``
         (one per field) from the state before it, then learn it."""
+        # Hot path (once per event of every key): attributes and constants are
+        # hoisted to locals; a field's first nine floats are read with one
+        # struct.unpack_from and its first four written back with one pack_into
+        # (native float32, the same C cast as array("f") item access, so the bytes
+        # are identical). A value the event has stored itself is re-read from
+        # ``fl`` (float32-rounded) where the update uses it (re-base, run offsets).
         fl = st.floats
         head = bins = st.words  # events seen, quiet events left, then the bins
         n = head[0]
-        warm = n >= FLAG_WARMUP
         nb = self._nb
         b = int((ts % self._period) // self._bin_s)
         if b >= nb:  # float rounding at the period's end
             b = nb - 1
-        a_lvl = self._level.rate(n) if n else 1.0
-        rates = self._rates
-        n_rates = len(rates)
-        a0 = self._a_season
-        vcap = self._vcap
-        thr = self._thr
-        readapt = self._readapt
-        min_visits = self._min_visits
-        margin = self._margin if n >= self._warmup else 0.0
         spatial = False
         zmax = 0.0
-        o = self._fields_o
-        i = 2 + b
-        u = (n * _PHI) % 1.0
-        devs = []
-        for x in xs:
-            if not -X_LIMIT <= x <= X_LIMIT:
-                x = X_LIMIT if x > 0.0 else (-X_LIMIT if x < 0.0 else 0.0)
-            u = (u + _PSI) % 1.0
-            if n == 0:  # the first event: every baseline starts at it
-                fl[o] = fl[o + 3] = fl[o + 4] = fl[o + 5] = x
-                fl[o + 1] = 0.0
-                self._rebase(st, (o - self._fields_o) // _FW, x, x)
-                mq = round((x - fl[o + 6]) / fl[o + 7]) + _MEAN_MID
-                bins[i] = (0 if mq < 0 else (_MEAN_MAX if mq > _MEAN_MAX else mq)) | 1 << 24
-                devs.append((0.0, x, 0.0, 0.0, False))
+        if n == 0:
+            devs = self._start(st, b, xs)
+        else:
+            warm = n >= FLAG_WARMUP
+            # AnomalyLikelihood.rate(n) of the level baseline, inlined
+            a_lvl = (
+                self._lvl_alpha
+                if n >= self._lvl_settled
+                else self._lvl_alpha / (1.0 - self._lvl_keep ** (n + 1))
+            )
+            b_lvl = 1.0 - a_lvl
+            rates = self._rates
+            n_table = len(rates)
+            n_rates = self._n_rates
+            a0 = self._a_season
+            vcap = self._vcap
+            thr = self._thr  # > 0 (validated): |zs| >= thr flags, zs = 0 never does
+            readapt = self._readapt
+            min_visits = self._min_visits
+            margin = self._margin if n >= self._warmup else 0.0
+            sd_table = _SD_TABLE
+            var_table = _VAR_TABLE
+            mean_off = _MEAN_OFF
+            read9 = _F9.unpack_from
+            write4 = _F4.pack_into
+            sqrt = math.sqrt
+            floor_ = _floor
+            log2 = _log2
+            xlim = X_LIMIT
+            nxlim = -X_LIMIT
+            psi = _PSI
+            z_cap = _Z_CAP
+            o = self._fields_o
+            i = 2 + b
+            u = (n * _PHI) % 1.0
+            devs = []
+            add_dev = devs.append
+            for x in xs:
+                if not nxlim <= x <= xlim:
+                    x = xlim if x > 0.0 else (-xlim if x < 0.0 else 0.0)
+                # u = (u + _PSI) % 1.0 (exact: fmod(a, 1.0) is a - 1.0 for a in [1, 2))
+                u += psi
+                if u >= 1.0:
+                    u -= 1.0
+                # level mean, variance, resolution, previous value, lo, hi, code
+                # centre and step, run length (as stored before this event)
+                m, v, q, p, lo, hi, c, s, rk = read9(fl, 4 * o)
+                floor = 0.5 * q
+                # level baseline
+                rel = 1e-3 * (m if m >= 0.0 else -m) + 1e-9
+                f = floor if floor > rel else rel
+                sd = sqrt(v) if v > 0.0 else 0.0
+                zl = (x - m) / (sd if sd > f else f)
+                # seasonal bin
+                word = bins[i]
+                cc = word >> 24
+                if cc > vcap:
+                    visits = vcap
+                    run = cc - vcap
+                else:
+                    visits = cc
+                    run = 0
+                mb = c + s * mean_off[word & 0xFFF]
+                kb = (word >> 12) & 0xFFF
+                if visits >= min_visits:
+                    rel = 1e-3 * (mb if mb >= 0.0 else -mb) + 1e-9
+                    f = floor if floor > rel else rel
+                    sd = s * sd_table[kb]
+                    zs = (x - mb) / (sd if sd > f else f)
+                    azs = zs if zs >= 0.0 else -zs
+                else:
+                    zs = azs = 0.0
+                azl = zl if zl >= 0.0 else -zl
+                if azs > azl:
+                    if azs > z_cap:
+                        azs = z_cap
+                        zs = z_cap if zs > 0.0 else -z_cap
+                    if azs > zmax:
+                        zmax = azs
+                    add_dev((azs, x, mb, zs, True))
+                else:
+                    if azl > z_cap:
+                        azl = z_cap
+                        zl = z_cap if zl > 0.0 else -z_cap
+                    if azl > zmax:
+                        zmax = azl
+                    add_dev((azl, x, m, zl, False))
+                if margin > 0.0:
+                    span = margin * (hi - lo)
+                    if x > hi + span or x < lo - span:
+                        spatial = True
+                # the bin's mean codes must reach x (bin means stay inside the seen range);
+                # 2048.0 = _MEAN_MID, 2047.0 = _MEAN_MAX - _MEAN_MID
+                if not c - 2048.0 * s <= x <= c + 2047.0 * s:
+                    self._rebase(st, (o - self._fields_o) // _FW, min(x, lo), max(x, hi))
+                    c = fl[o + 6]
+                    s = fl[o + 7]
+                    word = bins[i]
+                    mb = c + s * mean_off[word & 0xFFF]
+                    kb = (word >> 12) & 0xFFF
+                # azs >= thr: |zs| >= thr with zs as capped above
+                if azs >= thr and warm:
+                    # flagged: not learnt; it extends the field's run of offsets and the
+                    # bin's run
+                    d = x - mb
+                    rk += 1.0
+                    if rk > readapt:
+                        rk = readapt
+                    ra = 1.0 / rk
+                    rm = fl[o + 9]
+                    e = d - rm
+                    fl[o + 8] = rk
+                    fl[o + 9] = rm + ra * e
+                    fl[o + 10] = (1.0 - ra) * (fl[o + 10] + ra * e * e)
+                    run += 1
+                    if run < readapt:
+                        bins[i] = (word & 0xFFFFFF) | (vcap + run) << 24
+                        mb = None
+                    else:  # a sustained change: the bin jumps by the run's mean offset and spread
+                        mb += fl[o + 9]  # as stored (float32)
+                        vb = fl[o + 10]
+                        cc = visits
+                else:
+                    if rk:  # the run length is 0.0 or >= 1.0: skip rewriting a 0.0
+                        fl[o + 8] = 0.0
+                    if visits == 0:
+                        mb = x
+                        vb = 0.0
+                    else:
+                        if visits < n_table:
+                            a = rates[visits]
+                        elif visits < n_rates:  # beyond the table: as it is built
+                            a = a0 / (1.0 - (1.0 - a0) ** (visits + 1))
+                        else:
+                            a = a0
+                        d = x - mb
+                        mb += a * d
+                        vb = (1.0 - a) * (s * s * var_table[kb] + a * d * d)
+                    cc = visits + 1 if visits < vcap else visits
+                if mb is not None:
+                    mq = floor_((mb - c) / s + u) + 2048  # _MEAN_MID
+                    mq = 0 if mq < 0 else (4095 if mq > 4095 else mq)  # _MEAN_MAX
+                    if vb > 0.0:
+                        k = floor_(128.0 * log2(vb / (s * s)) + 1.0 + u)  # VAR_STEPS
+                        k = 1 if k < 1 else (4095 if k > 4095 else k)  # _VAR_MAX
+                        bins[i] = mq | k << 12 | cc << 24
+                    else:
+                        bins[i] = mq | cc << 24
+                # range and resolution
+                if x < lo:
+                    fl[o + 4] = x
+                if x > hi:
+                    fl[o + 5] = x
+                d = x - p if x >= p else p - x
+                if d > 0.0 and (d < q or q == 0.0):
+                    q = d
+                # learn: the level baseline learns every point; with the resolution (q
+                # rewritten as read when unchanged) and the previous value, one write
+                d = x - m
+                write4(fl, 4 * o, m + a_lvl * d, b_lvl * (v + a_lvl * d * d), q, x)
                 o += _FW
                 i += nb
-                continue
-            q = fl[o + 2]
-            floor = 0.5 * q
-            # level baseline
-            m = fl[o]
-            v = fl[o + 1]
-            rel = 1e-3 * (m if m >= 0.0 else -m) + 1e-9
-            f = floor if floor > rel else rel
-            sd = math.sqrt(v) if v > 0.0 else 0.0
-            zl = (x - m) / (sd if sd > f else f)
-            # seasonal bin
-            c = fl[o + 6]
-            s = fl[o + 7]
-            word = bins[i]
-            cc = word >> 24
-            if cc > vcap:
-                visits = vcap
-                run = cc - vcap
-            else:
-                visits = cc
-                run = 0
-            mb = c + s * ((word & 0xFFF) - _MEAN_MID)
-            kb = (word >> 12) & 0xFFF
-            if visits >= min_visits:
-                rel = 1e-3 * (mb if mb >= 0.0 else -mb) + 1e-9
-                f = floor if floor > rel else rel
-                sd = s * _SD_TABLE[kb]
-                zs = (x - mb) / (sd if sd > f else f)
-                seasonal = True
-            else:
-                zs = 0.0
-                seasonal = False
-            azl = zl if zl >= 0.0 else -zl
-            azs = zs if zs >= 0.0 else -zs
-            if azs > azl:
-                if azs > _Z_CAP:
-                    azs = _Z_CAP
-                    zs = _Z_CAP if zs > 0.0 else -_Z_CAP
-                if azs > zmax:
-                    zmax = azs
-                devs.append((azs, x, mb, zs, True))
-            else:
-                if azl > _Z_CAP:
-                    azl = _Z_CAP
-                    zl = _Z_CAP if zl > 0.0 else -_Z_CAP
-                if azl > zmax:
-                    zmax = azl
-                devs.append((azl, x, m, zl, False))
-            lo = fl[o + 4]
-            hi = fl[o + 5]
-            if margin > 0.0:
-                span = margin * (hi - lo)
-                if x > hi + span or x < lo - span:
-                    spatial = True
-            # learn: the level baseline learns every point
-            d = x - m
-            fl[o] = m + a_lvl * d
-            fl[o + 1] = (1.0 - a_lvl) * (v + a_lvl * d * d)
-            # the bin's mean codes must reach x (bin means stay inside the seen range)
-            if not c - _MEAN_MID * s <= x <= c + (_MEAN_MAX - _MEAN_MID) * s:
-                self._rebase(st, (o - self._fields_o) // _FW, min(x, lo), max(x, hi))
-                c = fl[o + 6]
-                s = fl[o + 7]
-                word = bins[i]
-                mb = c + s * ((word & 0xFFF) - _MEAN_MID)
-                kb = (word >> 12) & 0xFFF
-            if warm and seasonal and (zs >= thr or zs <= -thr):
-                # flagged: not learnt; it extends the field's run of offsets and the bin's run
-                d = x - mb
-                rk = fl[o + 8] + 1.0
-                if rk > readapt:
-                    rk = readapt
-                ra = 1.0 / rk
-                rm = fl[o + 9]
-                e = d - rm
-                fl[o + 8] = rk
-                fl[o + 9] = rm + ra * e
-                fl[o + 10] = (1.0 - ra) * (fl[o + 10] + ra * e * e)
-                run += 1
-                if run < readapt:
-                    bins[i] = (word & 0xFFFFFF) | (vcap + run) << 24
-                    mb = None
-                else:  # a sustained change: the bin jumps by the run's mean offset and spread
-                    mb += fl[o + 9]
-                    vb = fl[o + 10]
-                    cc = visits
-            else:
-                fl[o + 8] = 0.0
-                if visits == 0:
-                    mb = x
-                    vb = 0.0
-                else:
-                    a = rates[visits] if visits < n_rates else a0
-                    d = x - mb
-                    mb += a * d
-                    vb = (1.0 - a) * (s * s * _VAR_TABLE[kb] + a * d * d)
-                cc = visits + 1 if visits < vcap else visits
-            if mb is not None:
-                mq = _floor((mb - c) / s + u) + _MEAN_MID
-                mq = 0 if mq < 0 else (_MEAN_MAX if mq > _MEAN_MAX else mq)
-                if vb > 0.0:
-                    k = _floor(VAR_STEPS * _log2(vb / (s * s)) + 1.0 + u)
-                    k = 1 if k < 1 else (_VAR_MAX if k > _VAR_MAX else k)
-                    bins[i] = mq | k << 12 | cc << 24
-                else:
-                    bins[i] = mq | cc << 24
-            # range and resolution
-            p = fl[o + 3]
-            d = x - p if x >= p else p - x
-            if d > 0.0 and (d < q or q == 0.0):
-                fl[o + 2] = d
-            if x < lo:
-                fl[o + 4] = x
-            if x > hi:
-                fl[o + 5] = x
-            fl[o + 3] = x
-            o += _FW
-            i += nb
         raw = 1.0 - math.exp(-zmax / RAW_SCALE)
         tail = self.likelihood.step(fl, 0, raw, n)
         if n < 0xFFFFFFFF:
             head[0] = n + 1
         deviations = tuple(devs)
         if n + 1 < self._warmup:
-            return DetectorResult(0.0, zmax, tail, False, deviations)
-        spatial = spatial and zmax >= SPATIAL_MIN_Z
-        score = 1.0 if spatial else tail_to_score(tail, TAIL_DECADES)
+            return _new_result(DetectorResult, (0.0, zmax, tail, False, deviations))
+        if spatial and zmax >= SPATIAL_MIN_Z:
+            score = 1.0
+        else:
+            spatial = False
+            # tail_to_score(tail, TAIL_DECADES), inlined
+            if tail >= 1.0:
+                score = 0.0
+            else:
+                score = -math.log10(tail if tail > _TAIL_FLOOR else _TAIL_FLOOR) / TAIL_DECADES
+                score = 1.0 if score > 1.0 else (0.0 if score < 0.0 else score)
         quiet = head[1]
         if quiet > 0:
             head[1] = quiet - 1
@@ -493,7 +567,7 @@ class SeasonalDetector:
                 score = self._cap
         elif self._suppress and score >= self._alert:
             head[1] = self._suppress
-        return DetectorResult(score, zmax, tail, spatial, deviations)
+        return _new_result(DetectorResult, (score, zmax, tail, spatial, deviations))
 
 
 def _swapped(a: array) -> array:

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from streamsift.models.thresholds import Calibrator
 from streamsift.parsing import EventParser
 from streamsift.pipeline.build import OutputPaths, attach_file_sinks, replay_and_detect
 from streamsift.pipeline.console import console
-from streamsift.pipeline.options import make_runner, streaming_options
+from streamsift.pipeline.options import make_runner, start_pipeline, streaming_options
 from streamsift.records import Event
 from streamsift.transforms import sinks
 
@@ -162,6 +162,42 @@ def _progress_text(c: dict[str, int], total: int | None, elapsed: float) -> str:
     )
 
 
+def wait_with_progress(
+    result: Any,
+    tick: Callable[[], None] | None = None,
+    on_interrupt: Callable[[], None] | None = None,
+) -> tuple[BaseException | None, bool]:
+    """Wait for a started pipeline ``result``, calling ``tick()`` (the progress line)
+    every 0.5 s; return ``(the exception the run failed with or None, interrupted)``.
+
+    The run is waited for in a daemon thread, so the caller's thread stays
+    responsive to Ctrl-C. Without ``on_interrupt`` a Ctrl-C propagates; with it,
+    ``on_interrupt()`` is called, the run is cancelled and ``interrupted`` is True.
+    """
+    error: list[BaseException] = []
+
+    def _wait() -> None:
+        try:
+            result.wait_until_finish()
+        except BaseException as exc:  # re-raised by the caller, in its thread
+            error.append(exc)
+
+    waiter = threading.Thread(target=_wait, name="streamsift-wait", daemon=True)
+    waiter.start()
+    while waiter.is_alive():
+        try:
+            waiter.join(0.5)
+        except KeyboardInterrupt:
+            if on_interrupt is None:
+                raise
+            on_interrupt()
+            result.cancel()
+            return (error[0] if error else None), True
+        if tick is not None:
+            tick()
+    return (error[0] if error else None), False
+
+
 def run_stream(
     payloads: Sequence[bytes],
     cfg: Config,
@@ -199,30 +235,21 @@ def run_stream(
         outputs["scores"] | "WriteScores" >> sinks.WriteJsonLines(scores_path, _score_row_dict)
 
     start = time.monotonic()
-    result = pipeline.run()
-    error: list[BaseException] = []
-
-    def _wait() -> None:
-        try:
-            result.wait_until_finish()
-        except BaseException as exc:  # re-raised in the caller's thread
-            error.append(exc)
-
-    waiter = threading.Thread(target=_wait, name="streamsift-wait", daemon=True)
-    waiter.start()
+    result = start_pipeline(pipeline)
     total = len(payloads)
-    while waiter.is_alive():
-        waiter.join(0.5)
-        if show_progress:
-            console.progress(_progress_text(_counters(result), total, time.monotonic() - start))
+
+    def _tick() -> None:
+        console.progress(_progress_text(_counters(result), total, time.monotonic() - start))
+
+    error, _ = wait_with_progress(result, _tick if show_progress else None)
     elapsed = time.monotonic() - start
     counters = _counters(result)
     if show_progress:
         console.progress(_progress_text(counters, total, elapsed), now=float("inf"))
         console.end_progress()
     sinks.close_all()
-    if error:
-        raise error[0]
+    if error is not None:
+        raise error
     return RunResult(
         counters=counters,
         alerts=read_jsonl(paths.alerts),

@@ -243,6 +243,41 @@ class ChunkPayloads(beam.PTransform):
 # ----------------------------------------------------------------------------- parse
 
 
+#: what the DoFns' ``setup`` builds, kept per process: (token, thread) -> object
+_SETUP_CACHE: OrderedDict[tuple[str, int], object] = OrderedDict()
+_SETUP_CACHE_LOCK = threading.Lock()
+#: entries kept (least recently used dropped); a few per pipeline in this process
+SETUP_CACHE_SIZE = 16
+
+
+def _built_once(token: str, build: Callable[[], object]) -> object:
+    """``build()``, once per process and thread for ``token`` (a DoFn instance's,
+    copied with it).
+
+    The DirectRunner unpickles a fresh copy of every DoFn per bundle and calls its
+    ``setup`` each time: without this, every bundle would rebuild the parser and
+    its counters, or the key logic and the model (reading and verifying the
+    artifact). One object per thread, because the model it holds is polled for
+    refreshes (not thread-safe).
+
+    >>> a = _built_once("doctest", lambda: object())
+    >>> _built_once("doctest", lambda: object()) is a
+    True
+    """
+    key = (token, threading.get_ident())
+    with _SETUP_CACHE_LOCK:
+        obj = _SETUP_CACHE.get(key)
+        if obj is not None:
+            _SETUP_CACHE.move_to_end(key)
+            return obj
+    obj = build()
+    with _SETUP_CACHE_LOCK:
+        _SETUP_CACHE[key] = obj
+        while len(_SETUP_CACHE) > SETUP_CACHE_SIZE:
+            _SETUP_CACHE.popitem(last=False)
+    return obj
+
+
 class ParseChunksFn(beam.DoFn):
     """chunk bytes -> ``(shard, events bytes)`` per shard | DeadLetter (tagged)."""
 
@@ -252,14 +287,21 @@ class ParseChunksFn(beam.DoFn):
         self._cfg = cfg
         self._n = n_shards
         self._clock = clock
+        self._setup_token = uuid.uuid4().hex
+
+    def _build(self) -> tuple:
+        return (
+            ChunkParser(self._cfg),
+            Metrics.counter(NAMESPACE, "events_in"),
+            Metrics.counter(NAMESPACE, "parsed"),
+            Metrics.counter(NAMESPACE, "dead_lettered"),
+            {k: Metrics.counter(NAMESPACE, f"dead_letter_{k}") for k in ERROR_KINDS},
+            {},  # key -> shard memo
+        )
 
     def setup(self) -> None:
-        self._parser = ChunkParser(self._cfg)
-        self._in = Metrics.counter(NAMESPACE, "events_in")
-        self._ok = Metrics.counter(NAMESPACE, "parsed")
-        self._bad = Metrics.counter(NAMESPACE, "dead_lettered")
-        self._by_kind = {k: Metrics.counter(NAMESPACE, f"dead_letter_{k}") for k in ERROR_KINDS}
-        self._shards: dict[str, int] = {}
+        built = _built_once(self._setup_token, self._build)
+        self._parser, self._in, self._ok, self._bad, self._by_kind, self._shards = built
 
     def process(self, chunk: bytes):
         watermark, after, payloads = decode_chunk(chunk)
@@ -392,19 +434,23 @@ class DetectShardFn(beam.DoFn):
         #: with the DoFn (the DirectRunner pickles a fresh one per bundle)
         self._cache_token = uuid.uuid4().hex
 
-    def setup(self) -> None:
+    def _build(self) -> tuple:
         cfg = self._cfg
-        self._logic = ShardLogic.from_config(cfg)
+        logic = ShardLogic.from_config(cfg)
         handler = StreamsiftModelHandler.from_config(
             self._model_path,
-            self._logic.key_logic.feature_names,
+            logic.key_logic.feature_names,
             cfg.model,
             model_dir=cfg.model.dir,
             watch_interval_s=cfg.model.watch_interval_s,
             clock=self._model_clock,
         )
-        self._live = handler.load_model()
-        self._counters: dict[str, beam.metrics.metricbase.Counter] = {}
+        return logic, handler.load_model(), {}
+
+    def setup(self) -> None:
+        # the logic, the live model (it keeps polling model.dir for refreshes) and
+        # the counters, built once per process and thread (see _built_once)
+        self._logic, self._live, self._counters = _built_once(self._cache_token, self._build)
 
     def _count(self, counts: dict[str, int]) -> None:
         for name, n in counts.items():

@@ -11,7 +11,6 @@ order while they are within the allowed lateness.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -22,7 +21,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from streamsift.config import InputConfig
-from streamsift.parsing import parse_time
+from streamsift.parsing import json_loads, parse_time
 
 __all__ = ["ReplayStep", "ReplayStream", "event_time_hints", "replay_schedule"]
 
@@ -36,7 +35,7 @@ def event_time_hints(payloads: Sequence[bytes], cfg: InputConfig) -> list[float 
     out: list[float | None] = []
     for raw in payloads:
         try:
-            obj = json.loads(raw)
+            obj = json_loads(raw)
             out.append(parse_time(obj[cfg.time_field], cfg.time_format))
         except Exception:
             out.append(None)
