@@ -21,7 +21,7 @@ import math
 import os
 import platform
 import resource
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -34,6 +34,7 @@ __all__ = [
     "current_rss_mb",
     "feature_fields",
     "machine_info",
+    "parse_choices",
     "payload_digest",
     "peak_rss_mb",
     "read_payloads",
@@ -49,6 +50,33 @@ BASE_FIELDS = ("cpu", "latency_ms", "requests", "errors")
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def parse_choices(
+    text: str, name: str, choices: Collection[str], *, lower: bool = False
+) -> tuple[str, ...]:
+    """A comma list of ``choices`` (a flag's value), validated, duplicates removed,
+    order kept; ``lower``: case-insensitive.
+
+    >>> parse_choices("b, a,b", "letters", ("a", "b")), parse_choices("", "letters", ("a",))
+    (('b', 'a'), ())
+    >>> parse_choices("A", "letters", ("a",), lower=True)
+    ('a',)
+    >>> parse_choices("c", "letters", ("a", "b"))
+    Traceback (most recent call last):
+    ...
+    ValueError: letters must be a comma list of ['a', 'b']; got 'c'
+    """
+    out: list[str] = []
+    for t in text.split(","):
+        t = t.strip().lower() if lower else t.strip()
+        if not t:
+            continue
+        if t not in choices:
+            raise ValueError(f"{name} must be a comma list of {list(choices)}; got {t!r}")
+        if t not in out:
+            out.append(t)
+    return tuple(out)
 
 
 def feature_fields(n: int) -> tuple[str, ...]:

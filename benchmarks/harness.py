@@ -40,6 +40,7 @@ from benchmarks.common import (
     BenchSpec,
     bench_config,
     machine_info,
+    parse_choices,
     payload_digest,
     peak_rss_mb,
     software_versions,
@@ -91,17 +92,7 @@ def parse_profile_engines(text: str) -> tuple[str, ...]:
     ...
     ValueError: profile_engines must be a comma list of ['per_element', 'batched']; got 'fast'
     """
-    out: list[str] = []
-    for t in (t.strip() for t in text.split(",")):
-        if not t:
-            continue
-        if t not in ("per_element", "batched"):
-            raise ValueError(
-                f"profile_engines must be a comma list of ['per_element', 'batched']; got {t!r}"
-            )
-        if t not in out:
-            out.append(t)
-    return tuple(out)
+    return parse_choices(text, "profile_engines", ("per_element", "batched"))
 
 
 def _alert_lines(path: str) -> list[str]:
@@ -175,15 +166,7 @@ def parse_contenders(text: str) -> tuple[str, ...]:
     ...
     ValueError: contenders must be a comma list of ['full', 'batched', 'beam_zscore', 'reference', 'floor']; got 'zscore'
     """
-    out: list[str] = []
-    for t in (t.strip() for t in text.split(",")):
-        if not t:
-            continue
-        if t not in CONTENDERS:
-            raise ValueError(f"contenders must be a comma list of {list(CONTENDERS)}; got {t!r}")
-        if t not in out:
-            out.append(t)
-    return tuple(out)
+    return parse_choices(text, "contenders", CONTENDERS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,6 +30,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from benchmarks.common import parse_choices
+
 __all__ = [
     "PORTABLE_RUNNERS",
     "ProcessTreeSampler",
@@ -62,15 +64,7 @@ def parse_runners(text: str) -> tuple[str, ...]:
     ...
     ValueError: runners must be a comma list of ['prism', 'flink']; got 'spark'
     """
-    out: list[str] = []
-    for t in (t.strip().lower() for t in text.split(",")):
-        if not t:
-            continue
-        if t not in PORTABLE_RUNNERS:
-            raise ValueError(f"runners must be a comma list of {list(PORTABLE_RUNNERS)}; got {t!r}")
-        if t not in out:
-            out.append(t)
-    return tuple(out)
+    return parse_choices(text, "runners", PORTABLE_RUNNERS, lower=True)
 
 
 def runner_beam_args(short: str) -> tuple[str, ...]:
