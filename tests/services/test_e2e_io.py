@@ -518,10 +518,10 @@ class _PubSub:
         self.topics.append(path)
         return path
 
-    def subscription(self, name: str, topic: str) -> str:
+    def subscription(self, name: str, topic: str, ack_deadline_s: int = 60) -> str:
         path = self.subscriber.subscription_path(self.project, name)
         self.subscriber.create_subscription(
-            request={"name": path, "topic": topic, "ack_deadline_seconds": 60}
+            request={"name": path, "topic": topic, "ack_deadline_seconds": ack_deadline_s}
         )
         self.subs.append(path)
         return path
@@ -693,7 +693,10 @@ def test_pubsub_sigkill_and_restart_processes_everything(
     cfg_file.write_text("[pubsub]\nack_deadline_s = 10\n")
     try:
         src = ps.topic(unique_name)
-        ps.subscription(unique_name, src)
+        # the subscription's own deadline too: messages the killed run pulled less
+        # than one lease extension (ack_deadline_s / 3) before it died still carry
+        # the deadline they were pulled with, and must come back within the restart
+        ps.subscription(unique_name, src, ack_deadline_s=10)
         ps.publish(src, payloads)
         common = [
             f"--config={cfg_file}",
