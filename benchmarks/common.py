@@ -316,7 +316,7 @@ def software_versions() -> dict[str, str]:
     (2, True)
     """
     out = {"python": platform.python_version()}
-    for dist in ("apache-beam", "scikit-learn", "pyod", "numpy", "pyinstrument"):
+    for dist in ("apache-beam", "scikit-learn", "pyod", "numpy", "numba", "pyinstrument"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

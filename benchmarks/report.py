@@ -240,8 +240,8 @@ def _setup_section(res: Mapping[str, Any]) -> list[str]:
         f"start {load}, at the end {load_end} "
         "(the machine may be shared: compare ratios, not absolute numbers)",
         f"* Python {v['python']}, apache-beam {v['apache-beam']}, scikit-learn "
-        f"{v['scikit-learn']}, pyod {v['pyod']}, numpy {v['numpy']}, pyinstrument "
-        f"{v['pyinstrument']}",
+        f"{v['scikit-learn']}, pyod {v['pyod']}, numpy {v['numpy']}, numba "
+        f"{v.get('numba', 'not recorded')}, pyinstrument {v['pyinstrument']}",
         f"* stream: `streamsift.synthetic.generate`, seed {spec['seed']}, "
         f"{spec['events']:,} events, {spec['keys']} keys, {spec['features']} feature fields "
         f"({', '.join(res['fields'])}); {stream['valid']:,} valid ({stream['late']} of them "
@@ -254,7 +254,9 @@ def _setup_section(res: Mapping[str, Any]) -> list[str]:
         f"{spec['history_hours']:g} h of synthetic history (same keys, seed + 1) with "
         "streamsift's default model config (100 trees, contamination 0.01, seed 42); "
         f"generating {setup.get('generate_s', 0):.1f} s, streamsift training "
-        f"{setup.get('model_s', 0):.1f} s, reference training {setup.get('reference_s', 0):.1f} s "
+        f"{setup.get('model_s', 0):.1f} s, reference training {setup.get('reference_s', 0):.1f} s, "
+        f"compiling streamsift's numba kernels {setup.get('kernels_s', 0):.1f} s (cached on disk "
+        "for the children) "
         "(done once in a setup process, not part of any contender's time)",
         "* every measurement runs in a fresh child process (`python -m benchmarks.harness "
         '--child TASK`), one after another; "peak RSS" is the child\'s own high-water mark '
@@ -1070,7 +1072,8 @@ def _profile_section(
     lines += _table(["stage", "s", "share"] + [f"{s}" for s in short], rows)
     lines.append("")
     lines.append(
-        "Layers: logic = streamsift/models + parsing.py (pure python); glue = "
+        "Layers: logic = streamsift/models + parsing.py (Python, and the numba kernels the "
+        "models call: their time counts for the calling frame); glue = "
         "streamsift/transforms + pipeline (the DoFns); Beam = apache_beam (state, timers, "
         "coders, metrics, runner); stdlib = stacks with no other frame (thread start-up)."
     )

@@ -212,7 +212,7 @@ def test_rolling_buffer_matches_scalar_statistics_bit_for_bit():
             s = stats[(f, h)].state
             p = base + 1 + 4 * i
             assert state.rolling[base] == s.weight
-            assert state.rolling[p : p + 4] == [s.mean, s.var, s.lo, s.hi]
+            assert list(state.rolling[p : p + 4]) == [s.mean, s.var, s.lo, s.hi]
 
 
 def test_describe_reports_raw_rolling_statistics():

@@ -27,15 +27,20 @@ minute does not look ``tau / 60`` times slower than it is.
 
 :class:`DecayedMoments` and :class:`DecayedRate` are the scalar statistics
 (river-style ``learn_one``); :class:`RollingFeatures` runs the same arithmetic
-for every field and horizon of a key on one flat ``list`` of floats (the fast
-path used by :class:`~streamsift.models.keylogic.KeyLogic`).
+for every field and horizon of a key on one flat ``array("d")`` buffer (the
+fast path used by :class:`~streamsift.models.keylogic.KeyLogic`; its per-event
+method :meth:`RollingFeatures.step_model` runs a numba-compiled kernel).
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numba
+import numpy as np
 
 __all__ = [
     "DecayedMoments",
@@ -265,6 +270,134 @@ class DecayedRate:
 # ---------------------------------------------------------------------------
 
 
+# The compiled kernels below run the arithmetic of the pure-Python code they
+# replace, operation for operation and in the same order, so every value is
+# bit-identical (no fastmath; math.exp/expm1/log/log1p give the same bits as
+# Python's). Where Python's math functions raise (domain/range errors, only
+# reachable with a corrupt buffer or a negative dt), the helpers raise too
+# instead of returning inf/nan.
+
+
+@numba.njit(cache=True, nogil=True)
+def log_k(x: float) -> float:  # pragma: no cover - compiled
+    # math.log semantics: ValueError for x <= 0 (numba returns -inf / nan)
+    if x <= 0.0:
+        raise ValueError("math domain error")
+    return math.log(x)
+
+
+@numba.njit(cache=True, nogil=True)
+def exp_k(x: float) -> float:  # pragma: no cover - compiled
+    # math.exp semantics: OverflowError for a finite argument that overflows
+    r = math.exp(x)
+    if r == math.inf and x != math.inf:
+        raise OverflowError("math range error")
+    return r
+
+
+@numba.njit(cache=True, nogil=True)
+def _learn_first_kernel(buf, xs, nh: int, stride: int) -> None:  # pragma: no cover - compiled
+    # first event, or every horizon forgotten: the event is the whole history
+    nf = len(xs)
+    for h in range(nh):
+        base = h * stride
+        buf[base] = 1.0
+        p = base + 1
+        for i in range(nf):
+            x = xs[i]
+            buf[p] = x
+            buf[p + 1] = 0.0
+            buf[p + 2] = x
+            buf[p + 3] = x
+            p += 4
+
+
+@numba.njit(cache=True, nogil=True)
+def _step_model_kernel(buf, xs, dt, age, taus, inv_taus, out) -> None:  # pragma: no cover
+    """Kernel of :meth:`RollingFeatures.step_model`: learn the event with values
+    ``xs`` in the float64 buffer ``buf`` (in place) and write the model features
+    ``[log_ratio per field, log_gap_rel, log_burst per non-longest horizon]`` to
+    ``out`` (``len(xs) + len(taus)`` zeros on entry; filling a buffer the caller
+    allocates is cheaper than returning a new array). ``taus`` / ``inv_taus``:
+    the horizons and their inverses."""
+    nf = len(xs)
+    nh = len(taus)
+    stride = 1 + 4 * nf
+    last = (nh - 1) * stride
+    # output slots: [0, nf) ratios, nf the gap, nf + 1 + h the burstiness of h
+    w_long = buf[last]
+    if w_long <= 0.0:
+        _learn_first_kernel(buf, xs, nh, stride)  # all features 0
+        return
+    # the burstiness needs the non-longest counts before the event: park them in
+    # their output slots (overwritten below)
+    for h in range(nh - 1):
+        out[nf + 1 + h] = buf[h * stride]
+    # learn the event in every horizon; the longest horizon (last) also gives the
+    # ratio features (its mean before the event is the key's baseline)
+    for h in range(nh):
+        d = exp_k(-dt * inv_taus[h])
+        base = h * stride
+        w0 = buf[base] * d
+        w = w0 + 1.0
+        buf[base] = w
+        inv = 1.0 / w
+        keep = w0 * inv
+        p = base + 1
+        for i in range(nf):
+            x = xs[i]
+            m = buf[p]
+            delta = x - m
+            mn = m + delta * inv
+            buf[p] = mn
+            buf[p + 1] = (buf[p + 1] + delta * delta * inv) * keep
+            # decayed extremes: relax toward the new mean, pushed out by x
+            lo = mn + (buf[p + 2] - mn) * d
+            buf[p + 2] = x if x < lo else lo
+            hi = mn + (buf[p + 3] - mn) * d
+            buf[p + 3] = x if x > hi else hi
+            p += 4
+            if h != nh - 1:
+                continue
+            # ratio to the baseline: signed log1p(|x / m - 1|), m floored at 1e-12
+            if x == m:
+                out[i] = 0.0
+                continue
+            den = m
+            if -RATIO_FLOOR < den < RATIO_FLOOR:
+                den = RATIO_FLOOR if den >= 0.0 else -RATIO_FLOOR
+            u = x / den - 1.0
+            lr = math.log1p(u) if u >= 0.0 else -math.log1p(-u)
+            out[i] = 50.0 if lr > 50.0 else (-50.0 if lr < -50.0 else lr)
+    # time since the previous event relative to the usual spacing
+    tau_l = taus[nh - 1]
+    inv_l = inv_taus[nh - 1]
+    if dt > 0.0:
+        age_prev = age - dt
+        eff_prev = -tau_l * math.expm1(-age_prev * inv_l) if age_prev > 0.0 else 0.0
+        if eff_prev > 0.0:
+            v = log_k(dt * w_long / eff_prev + GAP_EPS)
+            out[nf] = 50.0 if v > 50.0 else (-50.0 if v < -50.0 else v)
+        else:
+            out[nf] = 0.0
+    else:
+        out[nf] = _LOG_GAP_EPS
+    # burstiness: log(rate_h / rate_longest)
+    if nh > 1:
+        eff_long = -tau_l * math.expm1(-age * inv_l) if age > 0.0 else 0.0
+        if eff_long > 0.0:
+            lr_long = log_k(w_long) - dt * inv_l - log_k(eff_long)
+            for h in range(nh - 1):
+                k = inv_taus[h]
+                # eff_h > 0: age / tau_h > age / tau_long, whose expm1 was nonzero
+                eff_h = -taus[h] * math.expm1(-age * k)
+                v = log_k(out[nf + 1 + h]) - dt * k - log_k(eff_h) - lr_long
+                out[nf + 1 + h] = 50.0 if v > 50.0 else (-50.0 if v < -50.0 else v)
+        else:
+            for h in range(nh - 1):
+                out[nf + 1 + h] = 0.0
+
+
 class RollingFeatures:
     """Rolling features of one key for every field and horizon, on a flat buffer.
 
@@ -328,10 +461,18 @@ class RollingFeatures:
         names.extend(f"log_burst_{lab}" for lab in labels[:-1])
         self.names = tuple(names)
         self._zeros = (0.0,) * len(names)
+        # constants of the compiled kernel (same floats as taus / _inv_taus)
+        self._taus_np = np.array(taus, dtype=np.float64)
+        self._inv_taus_np = np.array(self._inv_taus, dtype=np.float64)
+        self._out_zeros = array("d", bytes(8 * (self.n_fields + self.n_horizons)))
 
-    def new_buffer(self) -> list[float]:
-        """A zeroed state buffer for a new key."""
-        return [0.0] * self.size
+    def new_buffer(self) -> array:
+        """A zeroed state buffer (``array("d")``) for a new key.
+
+        >>> RollingFeatures(("a", "b"), (60.0,)).new_buffer()
+        array('d', [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+        """
+        return array("d", bytes(8 * self.size))
 
     def decays(self, dt: float) -> list[float]:
         """Per-horizon decay factors ``exp(-dt / tau)`` for a gap of ``dt`` seconds."""
@@ -339,7 +480,7 @@ class RollingFeatures:
 
     def step(
         self,
-        buf: list[float],
+        buf: array,
         decays: Sequence[float],
         dt: float,
         age: float,
@@ -422,9 +563,7 @@ class RollingFeatures:
                 out.extend(self._zeros[: nh - 1])
         return tuple(out)
 
-    def step_model(
-        self, buf: list[float], dt: float, age: float, xs: Sequence[float]
-    ) -> list[float]:
+    def step_model(self, buf: array, dt: float, age: float, xs: Sequence[float]) -> list[float]:
         """The features of :meth:`step` without the per-horizon z-scores (the
         ``log_ratio``, ``log_gap_rel`` and ``log_burst`` entries, in ``names``
         order, as a new list), then learn the event exactly as :meth:`step` does;
@@ -432,6 +571,11 @@ class RollingFeatures:
         :class:`~streamsift.models.keylogic.KeyLogic`, whose model input leaves
         the z-scores out: the same floating-point operations in the same order,
         so every value and the buffer are bit-identical to :meth:`step`'s.
+
+        Runs the compiled kernel ``_step_model_kernel`` in place on ``buf``
+        (an ``array("d")`` from :meth:`new_buffer`; a list also works, through a
+        copy). ``xs``: one value per field, ideally an ``array("d")`` (any
+        sequence of floats is converted).
 
         >>> rf = RollingFeatures(("cpu",), (60.0, 3600.0))
         >>> a, b = rf.new_buffer(), rf.new_buffer()
@@ -442,94 +586,28 @@ class RollingFeatures:
         >>> tail == list(full[2:]), a == b, [round(v, 3) for v in tail]
         (True, True, [0.597, 0.289, -0.533])
         """
-        stride = self.stride
-        nh = self.n_horizons
-        last = (nh - 1) * stride
-        w_long = buf[last]
-        if w_long <= 0.0:
-            self._learn_first(buf, xs)
-            return list(self._zeros[nh * self.n_fields :])
-        inv_taus = self._inv_taus
-        if nh > 1:
-            counts = buf[0:last:stride]  # state before the event
-        out: list[float] = []
-        app = out.append
-        # learn the event in every horizon (the arithmetic of step, without the
-        # z-scores); the longest horizon last, with the ratio features
-        base = 0
-        for k in inv_taus:
-            d = _exp(-dt * k)
-            w0 = buf[base] * d
-            w = w0 + 1.0
-            buf[base] = w
-            inv = 1.0 / w
-            keep = w0 * inv
-            p = base + 1
-            if base != last:
-                for x in xs:
-                    m = buf[p]
-                    delta = x - m
-                    mn = m + delta * inv
-                    buf[p] = mn
-                    buf[p + 1] = (buf[p + 1] + delta * delta * inv) * keep
-                    lo = mn + (buf[p + 2] - mn) * d
-                    buf[p + 2] = x if x < lo else lo
-                    hi = mn + (buf[p + 3] - mn) * d
-                    buf[p + 3] = x if x > hi else hi
-                    p += 4
-                base += stride
-                continue
-            for x in xs:
-                m = buf[p]
-                delta = x - m
-                mn = m + delta * inv
-                buf[p] = mn
-                buf[p + 1] = (buf[p + 1] + delta * delta * inv) * keep
-                lo = mn + (buf[p + 2] - mn) * d
-                buf[p + 2] = x if x < lo else lo
-                hi = mn + (buf[p + 3] - mn) * d
-                buf[p + 3] = x if x > hi else hi
-                p += 4
-                # ratio to the baseline (the longest horizon's mean before the event)
-                if x == m:
-                    app(0.0)
-                    continue
-                den = m
-                if -RATIO_FLOOR < den < RATIO_FLOOR:
-                    den = RATIO_FLOOR if den >= 0.0 else -RATIO_FLOOR
-                u = x / den - 1.0
-                lr = _log1p(u) if u >= 0.0 else -_log1p(-u)
-                app(50.0 if lr > 50.0 else (-50.0 if lr < -50.0 else lr))
-        # time since the previous event relative to the usual spacing
-        # (_bound inlined here and below)
-        taus = self.taus
-        tau_l = taus[-1]
-        inv_l = inv_taus[-1]
-        if dt > 0.0:
-            age_prev = age - dt
-            eff_prev = -tau_l * _expm1(-age_prev * inv_l) if age_prev > 0.0 else 0.0
-            if eff_prev > 0.0:
-                v = _log(dt * w_long / eff_prev + GAP_EPS)
-                app(50.0 if v > 50.0 else (-50.0 if v < -50.0 else v))
-            else:
-                app(0.0)
-        else:
-            app(_LOG_GAP_EPS)
-        # burstiness: log(rate_h / rate_longest)
-        if nh > 1:
-            eff_long = -tau_l * _expm1(-age * inv_l) if age > 0.0 else 0.0
-            if eff_long > 0.0:
-                lr_long = _log(w_long) - dt * inv_l - _log(eff_long)
-                for h in range(nh - 1):
-                    k = inv_taus[h]
-                    eff_h = -taus[h] * _expm1(-age * k)
-                    v = _log(counts[h]) - dt * k - _log(eff_h) - lr_long
-                    app(50.0 if v > 50.0 else (-50.0 if v < -50.0 else v))
-            else:
-                out.extend(self._zeros[: nh - 1])
-        return out
+        if type(xs) is not array or xs.typecode != "d":
+            xs = array("d", xs)
+        if len(xs) != self.n_fields:
+            raise ValueError(f"xs must have {self.n_fields} values (one per field); got {len(xs)}")
+        if type(dt) is not float:
+            dt = float(dt)
+        if type(age) is not float:
+            age = float(age)
+        out = self._out_zeros[:]  # a fresh zeroed array("d") per call
+        if type(buf) is array and buf.typecode == "d" and len(buf) == self.size:
+            _step_model_kernel(buf, xs, dt, age, self._taus_np, self._inv_taus_np, out)
+            return out.tolist()
+        # any other buffer (a list, another typecode): run on a float64 copy,
+        # then write it back
+        if len(buf) != self.size:
+            raise ValueError(f"buf must hold {self.size} floats; got {len(buf)}")
+        tmp = array("d", buf)
+        _step_model_kernel(tmp, xs, dt, age, self._taus_np, self._inv_taus_np, out)
+        buf[:] = array(buf.typecode, tmp) if isinstance(buf, array) else tmp.tolist()
+        return out.tolist()
 
-    def _learn_first(self, buf: list[float], xs: Sequence[float]) -> None:
+    def _learn_first(self, buf: array, xs: Sequence[float]) -> None:
         # first event, or every horizon forgotten: the event is the whole history
         stride = self.stride
         for base in range(0, self.size, stride):
@@ -544,7 +622,7 @@ class RollingFeatures:
 
     def describe(
         self,
-        buf: list[float],
+        buf: array,
         dt: float,
         age: float,
         xs: Sequence[float] | None = None,

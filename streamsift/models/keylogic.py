@@ -1,4 +1,4 @@
-"""Per-key stateful logic: rolling features + stage-1 pre-filter, pure Python.
+"""Per-key stateful logic: rolling features + stage-1 pre-filter + seasonal detector.
 
 :class:`KeyLogic` composes
 :class:`~streamsift.models.features.RollingFeatures` (event-time decayed mean,
@@ -38,6 +38,8 @@ True
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -65,6 +67,7 @@ _Z_CLIP = 50.0
 #: the stage-1 z-scores are already clipped to +-Z_BOUND: clipping them again is a no-op
 _ZS_CLIPPED = Z_BOUND <= _Z_CLIP
 _tuple_new = tuple.__new__
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @dataclass
@@ -73,8 +76,9 @@ class KeyState:
 
     * ``n``: events processed for the key;
     * ``first_ts`` / ``last_ts``: event time of its first and latest event;
-    * ``rolling``: rolling-feature buffer (layout: :class:`RollingFeatures`);
-    * ``prefilter``: stage-1 buffer (layout: :class:`Prefilter`);
+    * ``rolling``: rolling-feature buffer, ``array("d")`` (layout:
+      :class:`RollingFeatures`);
+    * ``prefilter``: stage-1 buffer, ``array("d")`` (layout: :class:`Prefilter`);
     * ``detector``: :class:`~streamsift.models.seasonal.SeasonalState` (an
       empty list when the detector is disabled).
 
@@ -85,8 +89,8 @@ class KeyState:
     n: int = 0
     first_ts: float = 0.0
     last_ts: float = 0.0
-    rolling: list[float] = field(default_factory=list)
-    prefilter: list[float] = field(default_factory=list)
+    rolling: array = field(default_factory=lambda: array("d"))
+    prefilter: array = field(default_factory=lambda: array("d"))
     detector: SeasonalState | list[float] = field(default_factory=list)
 
 
@@ -202,6 +206,18 @@ class KeyLogic:
             detector=self._detector.new_buffer() if self._detector is not None else [],
         )
 
+    def warm_up(self) -> None:
+        """Compile (or load from numba's on-disk cache) the kernels ``step`` runs,
+        by stepping a throwaway state through two events; the first ``step`` of a
+        process otherwise pays it. Idempotent, no effect on any other state.
+
+        >>> KeyLogic(("x",), FeatureConfig(), PrefilterConfig()).warm_up()
+        """
+        state = self.new_state()
+        zeros = [0.0] * self._n_fields
+        self.step(state, 0.0, zeros)
+        self.step(state, 1.0, zeros)
+
     def step(self, state: KeyState, ts: float, values: Sequence[float]) -> StepResult:
         """Score one event of the key at event time ``ts`` (epoch seconds), then
         learn it (mutates ``state``). Events should come in nondecreasing ``ts``;
@@ -225,20 +241,25 @@ class KeyLogic:
             ts = float(ts)
         if ts - ts != 0.0:
             raise ValueError(f"ts must be a finite number of seconds; got {ts!r}")
-        # Values that are already plain floats within +-MAX_ABS_VALUE (what the
-        # engines pass: Event.values) are used as they are, without a copy; the
-        # models only read them. Anything else is converted and clamped.
-        xs = values
+        # The models take the values as one float64 buffer (their compiled kernels
+        # read it directly): values that are plain floats within +-MAX_ABS_VALUE
+        # (what the engines pass: Event.values) go in as they are; anything else
+        # is converted and clamped first.
         for x in values:
             if type(x) is not float or not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE:
                 xs = [float(v) for v in values]
-                xs = [
-                    x
-                    if -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE
-                    else (MAX_ABS_VALUE if x > 0.0 else (-MAX_ABS_VALUE if x < 0.0 else 0.0))
-                    for x in xs
-                ]
+                xs = array(
+                    "d",
+                    [
+                        x
+                        if -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE
+                        else (MAX_ABS_VALUE if x > 0.0 else (-MAX_ABS_VALUE if x < 0.0 else 0.0))
+                        for x in xs
+                    ],
+                )
                 break
+        else:
+            xs = values if type(values) is array else array("d", values)
         n = state.n
         if n == 0:
             state.first_ts = state.last_ts = ts
@@ -263,10 +284,11 @@ class KeyLogic:
         score, reasons, zs = (pf._step_ewma if pf._fused else pf.step)(state.prefilter, n, dt, xs)
         det = self._detector
         if det is not None:
-            dres = det.step(state.detector, ts, xs)
-            anomaly = dres.score
+            # the deviations stay packed until an alert needs them (_detector_reasons)
+            dparts = det.step_parts(state.detector, ts, xs)
+            anomaly = dparts[0]
         else:
-            dres = None
+            dparts = None
             anomaly = 0.0
         state.n = n + 1
         # The stage-1 deviations join the model input: their baselines do not
@@ -281,7 +303,7 @@ class KeyLogic:
         if self._det_escalate and n + 1 >= self._det_warmup:
             if anomaly >= self._alert_score:
                 escalated = True
-                reasons = self._detector_reasons(dres) + reasons
+                reasons = self._detector_reasons(det.result(*dparts)) + reasons
             else:
                 escalated = (
                     score >= self._threshold
@@ -354,7 +376,13 @@ class KeyLogic:
                 state.first_ts,
                 state.last_ts,
             )
-            + struct.pack(self._body_fmt, *state.rolling, *state.prefilter)
+            + (
+                state.rolling.tobytes() + state.prefilter.tobytes()
+                if _LITTLE_ENDIAN
+                and type(state.rolling) is array
+                and type(state.prefilter) is array
+                else struct.pack(self._body_fmt, *state.rolling, *state.prefilter)
+            )
             + (det.encode(state.detector) if det is not None else b"")
         )
 
@@ -374,7 +402,10 @@ class KeyLogic:
                 f"{(self._method_code, self._n_fields, self._rolling.n_horizons)}; "
                 f"got {(method, nf, nh)}"
             )
-        body = list(struct.unpack_from(self._body_fmt, data, _HEADER.size))
+        body = array("d")
+        body.frombytes(data[_HEADER.size : _HEADER.size + self._body_size])
+        if not _LITTLE_ENDIAN:
+            body.byteswap()
         k = self._rolling.size
         detector: SeasonalState | list[float] = []
         if self._detector is not None:

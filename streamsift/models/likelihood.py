@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["AnomalyLikelihood", "tail_to_score"]
+import numba
+import numpy as np
+
+__all__ = ["AnomalyLikelihood", "likelihood_step", "tail_to_score"]
 
 _SQRT2 = math.sqrt(2.0)
 _sqrt = math.sqrt
@@ -132,9 +135,9 @@ class AnomalyLikelihood:
         h = o + self.HEADER
         pos = n % w
         if n >= w:
-            total = sum(buf[h : h + w]) - buf[h + pos]
+            total = _sum_lr(buf[h : h + w]) - buf[h + pos]
             return (total + raw) / w, pos
-        return (sum(buf[h : h + n]) + raw) / (n + 1), pos
+        return (_sum_lr(buf[h : h + n]) + raw) / (n + 1), pos
 
     def _tail(self, buf, o: int, avg: float, n: int) -> float:
         if n <= 0:
@@ -155,9 +158,9 @@ class AnomalyLikelihood:
         h = o + 2  # HEADER
         pos = n % w
         if n >= w:
-            avg = (sum(buf[h : h + w]) - buf[h + pos] + raw) / w
+            avg = (_sum_lr(buf[h : h + w]) - buf[h + pos] + raw) / w
         else:
-            avg = (sum(buf[h : h + n]) + raw) / (n + 1)
+            avg = (_sum_lr(buf[h : h + n]) + raw) / (n + 1)
         buf[h + pos] = raw
         if n <= 0:
             buf[o] = avg
@@ -175,6 +178,14 @@ class AnomalyLikelihood:
         buf[o + 1] = (1.0 - a) * (v + a * d * d)
         return tail
 
+    def kernel_args(self) -> tuple[int, float, float, int, float]:
+        """The parameters :func:`likelihood_step` takes after ``(buf, o, raw, n)``.
+
+        >>> AnomalyLikelihood(window=3, half_life=1.0).kernel_args()
+        (3, 0.5, 0.5, 40, 0.01)
+        """
+        return (self.window, self._alpha, self._keep, self._settled, self.min_sd)
+
     def learn_one(self, raw: float) -> None:
         """Learn one raw score into the internal buffer."""
         self.step(self._own, 0, raw, self._n)
@@ -184,3 +195,56 @@ class AnomalyLikelihood:
         """Tail probability of ``raw`` against the internal buffer (read-only)."""
         avg, _ = self._short_mean(self._own, 0, raw, self._n)
         return self._tail(self._own, 0, avg, self._n)
+
+
+def _sum_lr(xs) -> float:
+    """Left-to-right float64 sum, as the compiled :func:`likelihood_step` adds (the
+    builtin ``sum`` did the same up to Python 3.11; 3.12 compensates).
+
+    >>> _sum_lr([0.1, 0.2, 0.3]) == (0.1 + 0.2) + 0.3
+    True
+    """
+    total = 0.0
+    for x in xs:
+        total += x
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def likelihood_step(buf, o, raw, n, window, alpha, keep, settled, min_sd):
+    """Compiled :meth:`AnomalyLikelihood.step` on a float32 or float64 buffer
+    (``array("f")`` / ``array("d")`` / numpy), with the likelihood's parameters
+    passed in (:meth:`AnomalyLikelihood.kernel_args`); the same arithmetic in the
+    same order, so the same bits. Every buffer read is widened to float64 before
+    any arithmetic (numba would otherwise keep float32 OP float32 in float32).
+    """
+    h = o + 2  # HEADER
+    pos = n % window
+    # plain left-to-right float64 additions, as _sum_lr in the Python path
+    total = 0.0
+    if n >= window:
+        for k in range(h, h + window):
+            total += np.float64(buf[k])
+        avg = (total - np.float64(buf[h + pos]) + raw) / window
+    else:
+        for k in range(h, h + n):
+            total += np.float64(buf[k])
+        avg = (total + raw) / (n + 1)
+    buf[h + pos] = raw
+    if n <= 0:
+        buf[o] = avg
+        buf[o + 1] = 0.0
+        return 0.5
+    m = np.float64(buf[o])
+    v = np.float64(buf[o + 1])
+    sd = math.sqrt(v) if v > 0.0 else 0.0
+    if sd < min_sd:
+        sd = min_sd
+    d = avg - m
+    tail = 0.5 * math.erfc(d / (sd * _SQRT2))
+    # keep ** (n + 1) with a float exponent: numba computes float ** int by repeated
+    # multiplication, Python (and this) by the C library's pow()
+    a = alpha if n >= settled else alpha / (1.0 - keep ** np.float64(n + 1))
+    buf[o] = m + a * d
+    buf[o + 1] = (1.0 - a) * (v + a * d * d)
+    return tail

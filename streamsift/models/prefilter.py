@@ -26,18 +26,24 @@ Policy (both detectors, and every signal of :class:`Prefilter`):
   stuck there; with it a one-unit change never scores above 2.
 
 Scores are clipped to [0, 50]. The detectors keep their numbers in a flat
-``list`` (layout in each class) so :class:`Prefilter` can hold all signals of a
+buffer (layout in each class) so :class:`Prefilter` can hold all signals of a
 key in one buffer and run the same kernels (``zscores_at`` / ``update_at``).
+:class:`Prefilter` keeps a key's buffer as an ``array("d")``; with the EWMA
+method its per-event step runs one numba-compiled kernel (``_ewma_step_k``)
+that does the same floating-point operations as the Python code.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numba
+
 from streamsift.config import PrefilterConfig
-from streamsift.models.features import clamp_value
+from streamsift.models.features import clamp_value, log_k
 from streamsift.records import Reason
 
 __all__ = [
@@ -481,6 +487,238 @@ class MADZScore(_RobustZ):
         buf[o + 3] = _SD_TO_MEANABS * sd
 
 
+# ---------------------------------------------------------------------------
+# Compiled kernel of Prefilter._step_ewma
+# ---------------------------------------------------------------------------
+# The kernel runs the arithmetic of the pure-Python EWMA code (EWMAZScore's
+# zscores_at / update_many / _flag_at / _jump_at, and Prefilter.step around
+# them) operation for operation and in the same order, so every value is
+# bit-identical: no fastmath; math.exp/log/sqrt give Python's bits; every
+# buffer is float64, so all arithmetic is in float64 as in Python.
+
+
+@numba.njit(cache=True, nogil=True)
+def _ewma_flag_k(buf, o: int, x: float, d: float, readapt_after: float) -> bool:  # pragma: no cover
+    """EWMAZScore._flag_at on slot ``o`` (weight, mean, var, run_n, run_mean,
+    run_m2): decay the weight and extend the run of held-out points with ``x``;
+    once it is ``readapt_after`` long the baseline jumps to the run's level and
+    spread (EWMAZScore._jump_at) and the run restarts. True if it re-adapted."""
+    buf[o] *= d
+    r = o + 3
+    rn = buf[r] + 1.0
+    if rn == 1.0:
+        rm = x
+        m2 = 0.0
+    else:
+        rm = buf[r + 1]
+        delta = x - rm
+        rm += delta / rn
+        m2 = buf[r + 2] + delta * (x - rm)
+    if rn >= readapt_after:
+        buf[o] = rn
+        buf[o + 1] = rm
+        buf[o + 2] = m2 / rn
+        buf[r] = 0.0
+        return True
+    buf[r] = rn
+    buf[r + 1] = rm
+    buf[r + 2] = m2
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _ewma_learn_k(
+    buf, o: int, x: float, wgt: float, var: float, d: float
+) -> float:  # pragma: no cover
+    """Learn ``x`` in slot ``o`` (decayed weighted mean and population variance;
+    ``wgt`` and ``var`` are the slot's weight and variance before the event) and
+    end its run; returns the new weight."""
+    w0 = wgt * d
+    wn = w0 + 1.0
+    buf[o] = wn
+    if w0 > 0.0:
+        inv = 1.0 / wn
+        m = buf[o + 1]
+        delta = x - m
+        buf[o + 1] = m + delta * inv
+        buf[o + 2] = (var + delta * delta * inv) * (w0 * inv)
+    else:
+        buf[o + 1] = x
+        buf[o + 2] = 0.0
+    buf[o + 3] = 0.0
+    return wn
+
+
+@numba.njit(cache=True, nogil=True)
+def _ewma_step_k(
+    buf, xs, out, n: int, dt: float, k: float, thr: float, warmup: int, readapt_after: float
+) -> float:  # pragma: no cover - compiled
+    """Score the event with values ``xs`` (``n`` = the key's events before it,
+    ``dt`` = seconds since the previous one) against the Prefilter buffer ``buf``
+    (layout: :class:`Prefilter`, slots of width 6) and learn it, in place, in one
+    pass. Writes to ``out`` (``ns = 2 * nf`` signals): the signed z of every
+    signal at ``[0, ns)`` (fields, the gap, the pairs), the pairs' residuals at
+    ``[ns, ns + nf - 1)`` (NaN for an inactive pair; a residual is always finite),
+    then for each signal its weight and center before the event (what the reasons
+    read). Returns the score (max |z|, the first of equal maxima as Python's
+    ``max``). ``k`` = ln 2 / half-life, ``thr`` = the flag threshold."""
+    nf = len(xs)
+    w = 6
+    og = nf * w
+    co = 2 * og
+    po = co + nf - 1
+    qo = po + nf
+    pgo = qo + nf
+    ns = 2 * nf
+    # each signal's weight and center before the event, for the reasons
+    pb = ns + nf - 1
+    for j in range(ns):
+        out[pb + 2 * j] = buf[j * w]
+        out[pb + 2 * j + 1] = buf[j * w + 1]
+    d = math.exp(-(dt if dt < _MAX_DT else _MAX_DT) * k) if dt > 0.0 else 1.0
+    warm = n >= warmup
+    lim = thr if warm else math.inf
+    track = n > 0
+    # -- the inter-arrival signal (signal nf; independent of the fields)
+    zg = 0.0
+    if track:
+        g = log_k(dt + GAP_FLOOR_S)
+        wgt = buf[og]
+        if wgt > 0.0:
+            # a long gap scores at once; on the short side the scored value is the
+            # larger of the last two gaps, capped at the baseline
+            v = g
+            mean = buf[og + 1]
+            if g < mean and n > 1:
+                gp = log_k(buf[pgo] + GAP_FLOOR_S)
+                if gp > v:
+                    v = gp if gp < mean else mean
+            sd = math.sqrt(buf[og + 2])
+            fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
+            z = (v - mean) / (sd if sd > fl else fl)
+            zg = Z_BOUND if z > Z_BOUND else (-Z_BOUND if z < -Z_BOUND else z)
+        if (zg if zg >= 0.0 else -zg) >= lim:
+            _ewma_flag_k(buf, og, g, d, readapt_after)
+        else:
+            _ewma_learn_k(buf, og, g, wgt, buf[og + 2], d)
+        buf[pgo] = dt
+    out[nf] = zg
+    # -- the fields, and with field i the pair (i - 1, i)
+    o = 0  # slot of field i
+    op = og  # slot of the pair (i - 1, i): og + i * w
+    r = co - 1  # its learned correlation: co + i - 1
+    # field i - 1: z, |z|, resolved finer than its spread, re-adapted now
+    za = 0.0
+    aza = 0.0
+    fine_a = False
+    readapted_a = False
+    for i in range(nf):
+        x = xs[i]
+        q = buf[qo + i]
+        wgt = buf[o]
+        var = buf[o + 2]
+        sd = math.sqrt(var)
+        fine = q < sd
+        # -- score (state before the event), with the resolution floor q / 2
+        if wgt > 0.0:
+            mean = buf[o + 1]
+            fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
+            f2 = 0.5 * q
+            if f2 > fl:
+                fl = f2
+            z = (x - mean) / (sd if sd > fl else fl)
+            if z >= 0.0:
+                if z > Z_BOUND:
+                    z = Z_BOUND
+                az = z
+            else:
+                if z < -Z_BOUND:
+                    z = -Z_BOUND
+                az = -z
+        else:
+            z = 0.0
+            az = 0.0
+        out[i] = z
+        # -- learn: a flagged point is held out (and may re-adapt the baseline)
+        readapted = False
+        if az >= lim:
+            readapted = _ewma_flag_k(buf, o, x, d, readapt_after)
+        else:
+            _ewma_learn_k(buf, o, x, wgt, var, d)
+        # -- resolution: smallest nonzero step between consecutive values
+        if track:
+            pv = buf[po + i]
+            step = x - pv if x > pv else pv - x
+            if step > 0.0 and (step < q or q == 0.0):
+                buf[qo + i] = step
+        buf[po + i] = x
+        # -- the pair (i - 1, i): its residual z_i - rho * z_(i-1)
+        if i:
+            j = nf + i  # the pair's signal index
+            if not (fine_a and fine):
+                # inactive: a field is resolved no finer than its spread (for
+                # counts such as errors in {0, 1, 2} a residual means nothing)
+                out[j] = 0.0
+                out[ns + i - 1] = math.nan
+                buf[op] *= d
+                buf[op + 3] = 0.0
+            else:
+                rho = buf[r]
+                c = z - rho * za
+                out[ns + i - 1] = c
+                wgt = buf[op]
+                pvar = buf[op + 2]
+                if wgt > 0.0:
+                    mean = buf[op + 1]
+                    sd = math.sqrt(pvar)
+                    fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
+                    zc = (c - mean) / (sd if sd > fl else fl)
+                    zc = Z_BOUND if zc > Z_BOUND else (-Z_BOUND if zc < -Z_BOUND else zc)
+                    azc = zc if zc >= 0.0 else -zc
+                else:
+                    zc = 0.0
+                    azc = 0.0
+                out[j] = zc
+                if readapted_a or readapted:
+                    # a field jumped to a new level: the pair's deviation was
+                    # relative to the old one, so its run ends and it learns nothing
+                    buf[op] *= d
+                    buf[op + 3] = 0.0
+                elif azc >= lim:
+                    _ewma_flag_k(buf, op, c, d, readapt_after)
+                else:
+                    wn = _ewma_learn_k(buf, op, c, wgt, pvar, d)
+                    # the learned correlation, from points none of its signals flagged
+                    if aza < lim and az < lim:
+                        ca = (
+                            _CORR_CLIP
+                            if za > _CORR_CLIP
+                            else (-_CORR_CLIP if za < -_CORR_CLIP else za)
+                        )
+                        cb = (
+                            _CORR_CLIP
+                            if z > _CORR_CLIP
+                            else (-_CORR_CLIP if z < -_CORR_CLIP else z)
+                        )
+                        rho += (ca * cb - rho) / wn
+                        buf[r] = 1.0 if rho > 1.0 else (-1.0 if rho < -1.0 else rho)
+        za = z
+        aza = az
+        fine_a = fine
+        readapted_a = readapted
+        o += w
+        op += w
+        r += 1
+    # the score: max |z| in signal order, keeping the first of equal values
+    # (Python's max; matters only for the sign of a zero score)
+    score = out[0] if out[0] >= 0.0 else -out[0]
+    for j in range(1, ns):
+        a = out[j] if out[j] >= 0.0 else -out[j]
+        if a > score:
+            score = a
+    return score
+
+
 _DETECTORS = {"ewma": EWMAZScore, "mad": MADZScore}
 
 
@@ -518,7 +756,8 @@ class Prefilter:
 
     Buffer layout: ``2 * F`` detector slots of ``width`` floats (fields, then
     interarrival, then pairs), ``F - 1`` pair correlations, ``F`` previous values,
-    ``F`` quanta, and the previous gap in seconds.
+    ``F`` quanta, and the previous gap in seconds (an ``array("d")``:
+    :meth:`new_buffer`).
 
     >>> pf = Prefilter(("a", "b"), PrefilterConfig(warmup_events=5))
     >>> pf.signal_names
@@ -569,13 +808,24 @@ class Prefilter:
         self.max_reasons = 5
         # the EWMA detector's kernels are fused into one pass (_step_ewma)
         self._fused = type(self.detector) is EWMAZScore
+        # parameters of the compiled kernel (_ewma_step_k), as the types it takes
+        self._k = float(self.detector._k)
+        self._thr = float(self.detector.threshold)
+        self._ra = float(self.detector.readapt_after)
+        self._out_zeros = bytes(8 * (3 * self.n_signals + f - 1))
 
-    def new_buffer(self) -> list[float]:
-        """A zeroed state buffer for a new key."""
-        return [0.0] * self.size
+    def new_buffer(self) -> array:
+        """A zeroed state buffer for a new key: ``array("d")`` of ``size`` floats.
+
+        >>> pf = Prefilter(("a", "b"), PrefilterConfig())
+        >>> buf = pf.new_buffer()
+        >>> buf.typecode, len(buf) == pf.size == 2 * 2 * 6 + 1 + 2 + 2 + 1, max(buf)
+        ('d', True, 0.0)
+        """
+        return array("d", bytes(8 * self.size))
 
     def step(
-        self, buf: list[float], n: int, dt: float, xs: Sequence[float]
+        self, buf: array, n: int, dt: float, xs: Sequence[float]
     ) -> tuple[float, tuple[Reason, ...], list[float]]:
         """Score an event (``n`` = the key's events before it, ``dt`` = seconds since
         the previous one, ``xs`` = clamped values), then learn it. Returns the
@@ -660,18 +910,24 @@ class Prefilter:
                 step = x - pv if x > pv else pv - x
                 if step > 0.0 and (step < q or q == 0.0):
                     buf[qo + i] = step
-        buf[po : po + nf] = xs
+        # slice assignment into an array needs an array (into a list, any sequence)
+        buf[po : po + nf] = xs if type(xs) is array or type(buf) is not array else array("d", xs)
         return score, reasons, allz
 
     def _step_ewma(
-        self, buf: list[float], n: int, dt: float, xs: Sequence[float]
+        self, buf: array, n: int, dt: float, xs: Sequence[float]
     ) -> tuple[float, tuple[Reason, ...], list[float]]:
-        """:meth:`step` for :class:`EWMAZScore` with its kernels (``zscores_at``,
-        ``scales_at``, ``update_many``, ``decay_factor``) inlined and every slot
-        scored and learned in one pass (the gap first, then each field with the
-        pair it closes): each value gets the same floating-point operations, so
-        the results and the buffer are bit-identical to the generic path's
-        (flagged points, re-adaptations and reasons included):
+        """:meth:`step` for :class:`EWMAZScore`: the compiled kernel
+        ``_ewma_step_k`` scores and learns every slot in one pass (the gap first,
+        then each field with the pair it closes) with :class:`EWMAZScore`'s
+        kernels (``zscores_at``, ``scales_at``, ``update_many``, ``decay_factor``,
+        ``_flag_at``) inlined, in place on ``buf`` (the ``array("d")`` of
+        :meth:`new_buffer`; a list is run on a copy and written back). ``xs``: an
+        ``array("d")`` or any sequence of floats. This wrapper builds the z list
+        and, for a score >= ``escalate_score``, the reasons. Each value gets the
+        same floating-point operations as in the generic path, so the results
+        and the buffer are bit-identical to it (flagged points, re-adaptations
+        and reasons included):
 
         >>> import random
         >>> rng = random.Random(3)
@@ -689,203 +945,35 @@ class Prefilter:
         >>> same, flagged > 20
         (True, True)
         """
-        det = self.detector
-        w = self.width
+        if type(xs) is array and xs.typecode == "d":
+            vals = xs
+        else:
+            vals = array("d", xs)
         nf = self.n_fields
-        qo = self.quantum_offset
-        po = self.prev_offset
-        og = self.gap_offset
-        co = self.corr_offset
-        pgo = self.prev_gap_offset
-        quanta = buf[qo : qo + nf]
-        # Every slot is scored and learned in one pass (a slot's update depends on
-        # its own z and, for a pair, on its two fields' z only); the reasons, built
-        # after all signals are scored, read the slots as they were before the
-        # event: ``pre`` (one slice copy, cheaper than reading the slots twice).
-        pre = buf[:co]
-        d = _exp(-(dt if dt < _MAX_DT else _MAX_DT) * det._k) if dt > 0.0 else 1.0
-        warm = n >= self.warmup
-        # det.threshold == self.threshold (maybe as an int): comparisons are exact
-        lim = det.threshold if warm else math.inf
-        track = n > 0
-        # -- the inter-arrival signal (signal nf; independent of the fields)
-        zg = 0.0
-        if track:
-            g = _log(dt + GAP_FLOOR_S)
-            wgt = buf[og]
-            if wgt > 0.0:
-                v = g
-                mean = buf[og + 1]
-                if g < mean and n > 1:
-                    gp = _log(buf[pgo] + GAP_FLOOR_S)
-                    if gp > v:
-                        v = gp if gp < mean else mean
-                sd = _sqrt(buf[og + 2])
-                fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
-                z = (v - mean) / (sd if sd > fl else fl)
-                zg = Z_BOUND if z > Z_BOUND else (-Z_BOUND if z < -Z_BOUND else z)
-            if (zg if zg >= 0.0 else -zg) >= lim:
-                det._flag_at(buf, og, g, d)
-            else:
-                w0 = wgt * d
-                wn = w0 + 1.0
-                buf[og] = wn
-                if w0 > 0.0:
-                    inv = 1.0 / wn
-                    m = buf[og + 1]
-                    delta = g - m
-                    buf[og + 1] = m + delta * inv
-                    buf[og + 2] = (buf[og + 2] + delta * delta * inv) * (w0 * inv)
-                else:
-                    buf[og + 1] = g
-                    buf[og + 2] = 0.0
-                buf[og + 3] = 0.0
-            buf[pgo] = dt
-        # -- the fields, and with field k the pair (k - 1, k)
-        allz: list[float] = []  # the fields' z, then the gap's, then the pairs'
-        zapp = allz.append
-        absz: list[float] = []
-        aapp = absz.append
-        pz: list[float] = []  # the pairs' z and |z|, appended to allz / absz at the end
-        pzapp = pz.append
-        paz: list[float] = []
-        pazapp = paz.append
-        cs: list[float | None] = []  # the pairs' residuals (None: inactive pair)
-        capp = cs.append
-        o = 0  # slot of field k
-        op = og  # slot of the pair (k - 1, k): og + k * w
-        r = co - 1  # its learned correlation: co + k - 1
-        k = 0
-        # field k - 1: z, |z|, resolved finer than its spread, re-adapted now
-        za = aza = 0.0
-        fine_a = readapted_a = False
-        for x, q in zip(xs, quanta, strict=True):
-            wgt = buf[o]
-            var = buf[o + 2]
-            sd = _sqrt(var)
-            fine = q < sd
-            # -- score (state before the event)
-            if wgt > 0.0:
-                mean = buf[o + 1]
-                fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
-                f2 = 0.5 * q
-                if f2 > fl:
-                    fl = f2
-                z = (x - mean) / (sd if sd > fl else fl)
-                if z >= 0.0:
-                    if z > Z_BOUND:
-                        z = Z_BOUND
-                    az = z
-                else:
-                    if z < -Z_BOUND:
-                        z = -Z_BOUND
-                    az = -z
-            else:
-                z = az = 0.0
-            zapp(z)
-            aapp(az)
-            # -- learn (det.update_many, inlined)
-            readapted = False
-            if az >= lim:
-                readapted = det._flag_at(buf, o, x, d) == READAPTED
-            else:
-                w0 = wgt * d
-                wn = w0 + 1.0
-                buf[o] = wn
-                if w0 > 0.0:
-                    inv = 1.0 / wn
-                    m = buf[o + 1]
-                    delta = x - m
-                    buf[o + 1] = m + delta * inv
-                    buf[o + 2] = (var + delta * delta * inv) * (w0 * inv)
-                else:
-                    buf[o + 1] = x
-                    buf[o + 2] = 0.0
-                buf[o + 3] = 0.0
-            # -- resolution: smallest nonzero step between consecutive values
-            if track:
-                pv = buf[po + k]
-                step = x - pv if x > pv else pv - x
-                if step > 0.0 and (step < q or q == 0.0):
-                    buf[qo + k] = step
-            # -- the pair (k - 1, k): its residual z_k - rho * z_(k-1)
-            if k:
-                if not (fine_a and fine):
-                    # inactive: a field is resolved no finer than its spread (for
-                    # counts such as errors in {0, 1, 2} a residual means nothing)
-                    capp(None)
-                    pzapp(0.0)
-                    pazapp(0.0)
-                    buf[op] *= d
-                    buf[op + 3] = 0.0
-                else:
-                    rho = buf[r]
-                    c = z - rho * za
-                    capp(c)
-                    wgt = buf[op]
-                    if wgt > 0.0:
-                        mean = buf[op + 1]
-                        sd = _sqrt(buf[op + 2])
-                        fl = _REL_FLOOR * (mean if mean >= 0.0 else -mean) + _ABS_FLOOR
-                        zc = (c - mean) / (sd if sd > fl else fl)
-                        zc = Z_BOUND if zc > Z_BOUND else (-Z_BOUND if zc < -Z_BOUND else zc)
-                        azc = zc if zc >= 0.0 else -zc
-                        pzapp(zc)
-                        pazapp(azc)
-                    else:
-                        azc = 0.0
-                        pzapp(0.0)
-                        pazapp(0.0)
-                    if readapted_a or readapted:
-                        # a field jumped to a new level: the pair's deviation was
-                        # relative to the old one, so its run ends and it learns nothing
-                        buf[op] *= d
-                        buf[op + 3] = 0.0
-                    elif azc >= lim:
-                        det._flag_at(buf, op, c, d)
-                    else:
-                        w0 = wgt * d
-                        wn = w0 + 1.0
-                        buf[op] = wn
-                        if w0 > 0.0:
-                            inv = 1.0 / wn
-                            m = buf[op + 1]
-                            delta = c - m
-                            buf[op + 1] = m + delta * inv
-                            buf[op + 2] = (buf[op + 2] + delta * delta * inv) * (w0 * inv)
-                        else:
-                            buf[op + 1] = c
-                            buf[op + 2] = 0.0
-                        buf[op + 3] = 0.0
-                        # the learned correlation, from points none of its signals flagged
-                        if aza < lim and az < lim:
-                            ca = (
-                                _CORR_CLIP
-                                if za > _CORR_CLIP
-                                else (-_CORR_CLIP if za < -_CORR_CLIP else za)
-                            )
-                            cb = (
-                                _CORR_CLIP
-                                if z > _CORR_CLIP
-                                else (-_CORR_CLIP if z < -_CORR_CLIP else z)
-                            )
-                            rho += (ca * cb - rho) / wn
-                            buf[r] = 1.0 if rho > 1.0 else (-1.0 if rho < -1.0 else rho)
-            za = z
-            aza = az
-            fine_a = fine
-            readapted_a = readapted
-            o += w
-            op += w
-            r += 1
-            k += 1
-        zapp(zg)
-        allz += pz
-        aapp(zg if zg >= 0.0 else -zg)
-        absz += paz
-        buf[po : po + nf] = xs
-        score = max(absz)
+        if len(vals) != nf:
+            raise ValueError(f"xs must have {nf} values (one per field); got {len(vals)}")
+        fdt = dt if type(dt) is float else float(dt)
+        # the kernel's output: the z of every signal, the pairs' residuals, and
+        # each signal's weight and center before the event (see _ewma_step_k)
+        out = array("d", self._out_zeros)
+        # a list buffer (not from new_buffer) runs on a float64 copy, copied back
+        work = array("d", buf) if type(buf) is list else buf
+        score = _ewma_step_k(work, vals, out, n, fdt, self._k, self._thr, self.warmup, self._ra)
+        if work is not buf:
+            buf[:] = work.tolist()
+        ns = self.n_signals
+        allz = out[:ns].tolist()
         if score >= self.threshold:
+            # |z| as the kernel computed it (z if z >= 0.0 else -z); None for an
+            # inactive pair's residual (NaN in the kernel's output)
+            absz = [z if z >= 0.0 else -z for z in allz]
+            pb = ns + nf - 1
+            cs = [c if c == c else None for c in out[ns:pb].tolist()]
+            # the slots as _reasons reads them (weight and center), before the event
+            w = self.width
+            pre = array("d", bytes(8 * self.corr_offset))
+            pre[0::w] = out[pb : pb + 2 * ns : 2]
+            pre[1::w] = out[pb + 1 : pb + 2 * ns : 2]
             reasons = self._reasons(pre, absz, allz, xs, dt, cs)
         else:
             reasons = ()

@@ -53,6 +53,10 @@ stored precision as it is stored, so a state that is encoded and decoded between
 two events gives exactly the same scores as one kept in memory; values are
 clamped to +-``X_LIMIT`` (1e18) so that squared deviations stay finite.
 
+The per-event work (:meth:`SeasonalDetector.step`) is one numba-compiled kernel
+(``_step_kernel``) on the state's buffers; its interpreted Python (``.py_func``)
+gives the same bits (tests/test_seasonal_kernel.py pins this).
+
 >>> from streamsift.config import DetectorConfig
 >>> det = SeasonalDetector(("x",), DetectorConfig(warmup_events=100, suppress_events=0))
 >>> buf = det.new_buffer()
@@ -67,15 +71,17 @@ True
 from __future__ import annotations
 
 import math
-import struct
 import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numba
+import numpy as np
+
 from streamsift.config import DetectorConfig
-from streamsift.models.likelihood import AnomalyLikelihood
+from streamsift.models.likelihood import AnomalyLikelihood, likelihood_step
 
 __all__ = ["DETECTOR_REASON", "DetectorResult", "SeasonalDetector", "SeasonalState"]
 
@@ -108,6 +114,9 @@ VAR_STEPS = 128.0
 _VAR_MAX = 4095
 _VAR_TABLE = (0.0,) + tuple(2.0 ** ((k - 1) / VAR_STEPS) for k in range(1, _VAR_MAX + 1))
 _SD_TABLE = (0.0,) + tuple(2.0 ** ((k - 1) / (2.0 * VAR_STEPS)) for k in range(1, _VAR_MAX + 1))
+#: the same tables as float64 arrays, for the compiled kernel
+_VAR_ARRAY = np.array(_VAR_TABLE, dtype=np.float64)
+_SD_ARRAY = np.array(_SD_TABLE, dtype=np.float64)
 # dither of the codes (stochastic rounding, deterministic: from the event count
 # and the field): fractional parts of multiples of the golden ratio
 _PHI = 0.6180339887498949
@@ -117,16 +126,9 @@ _PSI = 0.7548776662466927
 _FW = 11
 #: learning rates of a bin's first visits kept in a table (see __init__)
 RATE_TABLE_MAX = 4096
-_log2 = math.log2
-_floor = math.floor
 _BIG_ENDIAN = sys.byteorder == "big"
-#: tail_to_score's floor for TAIL_DECADES (inlined in SeasonalDetector.step)
+#: tail_to_score's floor for TAIL_DECADES (inlined in the kernel)
 _TAIL_FLOOR = 10.0**-TAIL_DECADES
-#: a bin's mean code minus _MEAN_MID, as a float (``s * (code - 2048)``, exactly)
-_MEAN_OFF = tuple(float(k - _MEAN_MID) for k in range(_MEAN_MAX + 1))
-#: a field's first nine / four floats in native float32 (the layout of array("f"))
-_F9 = struct.Struct("@9f")
-_F4 = struct.Struct("@4f")
 #: builds a DetectorResult without the NamedTuple's Python-level __new__
 _new_result = tuple.__new__
 
@@ -210,6 +212,7 @@ class SeasonalDetector:
         self._bin_s = cfg.season_period_s / cfg.season_bins
         self._period = cfg.season_period_s
         self._n_floats = self._fields_o + _FW * self.n_fields
+        self._n_words = 2 + self.n_fields * self._nb
         a0 = 1.0 - 0.5 ** (1.0 / cfg.season_half_life)
         # visits before a bin's baseline is scored: its weight (1 - (1 - a0) ** v) / a0
         # reaches season_min_visits (never, if it cannot)
@@ -250,11 +253,37 @@ class SeasonalDetector:
         self._alert = cfg.alert_score
         self._cap = math.nextafter(cfg.alert_score, 0.0)
         self._suppress = cfg.suppress_events
+        # everything _step_kernel takes after (floats, words, ts, xs, out), in order
+        self._kargs = (
+            self._nb,
+            float(self._period),
+            float(self._bin_s),
+            *self.likelihood.kernel_args(),
+            self._lvl_alpha,
+            self._lvl_keep,
+            self._lvl_settled,
+            np.array(self._rates, dtype=np.float64),
+            n_rates,
+            a0,
+            self._vcap,
+            self._min_visits,
+            float(self._thr),
+            self._readapt,
+            self._warmup,
+            float(self._margin),
+            float(self._alert),
+            self._cap,
+            self._suppress,
+            _SD_ARRAY,
+            _VAR_ARRAY,
+        )
+        #: zeroed deviations buffer (copied per event: 5 float64 a field)
+        self._out0 = bytes(40 * self.n_fields)
 
     # -- state -------------------------------------------------------------------
     def new_buffer(self) -> SeasonalState:
         """A zeroed state for a new key."""
-        n_words = 2 + self.n_fields * self._nb
+        n_words = self._n_words
         return SeasonalState(
             array("f", bytes(4 * self._n_floats)),
             array(self._ctype, bytes(array(self._ctype).itemsize * n_words)),
@@ -320,254 +349,445 @@ class SeasonalDetector:
 
     def _rebase(self, st: SeasonalState, j: int, lo: float, hi: float) -> None:
         """Re-centre field ``j``'s mean codes on ``[lo, hi]`` (a value left the
-        codes' reach) and re-encode its bins."""
-        fl = st.floats
-        o = self._fields_o + _FW * j
-        c_old, s_old = fl[o + 6], fl[o + 7]
-        span = hi - lo
-        fl[o + 6] = 0.5 * (lo + hi)
-        c = fl[o + 6]
-        fl[o + 7] = span / MEAN_STEPS if span > 0.0 else max(abs(c), 1e-30) * 2.0**-20
-        s = fl[o + 7]
-        if s_old <= 0.0:
-            return
-        bins = st.words
-        shift = VAR_STEPS * _log2(s_old / s) * 2.0
-        for i in range(2 + j * self._nb, 2 + (j + 1) * self._nb):
-            word = bins[i]
-            q = round((c_old + s_old * ((word & 0xFFF) - _MEAN_MID) - c) / s) + _MEAN_MID
-            q = 0 if q < 0 else (_MEAN_MAX if q > _MEAN_MAX else q)
-            k = (word >> 12) & 0xFFF
-            if k:
-                k = round(k + shift)
-                k = 1 if k < 1 else (_VAR_MAX if k > _VAR_MAX else k)
-            bins[i] = q | k << 12 | (word >> 24) << 24
+        codes' reach) and re-encode its bins (:func:`_rebase_field`)."""
+        self._check(st)
+        if not 0 <= j < self.n_fields:
+            raise ValueError(f"j must be in [0, {self.n_fields}); got {j!r}")
+        _rebase_field(
+            st.floats,
+            st.words,
+            self._fields_o + _FW * j,
+            2 + j * self._nb,
+            self._nb,
+            float(lo),
+            float(hi),
+        )
 
     def _start(self, st: SeasonalState, b: int, xs: Sequence[float]) -> list:
-        """Learn the key's first event (every baseline starts at it); its deviations."""
-        fl = st.floats
-        bins = st.words
-        o = self._fields_o
-        i = 2 + b
-        devs = []
-        for j, x in enumerate(xs):
-            if not -X_LIMIT <= x <= X_LIMIT:
-                x = X_LIMIT if x > 0.0 else (-X_LIMIT if x < 0.0 else 0.0)
-            fl[o] = fl[o + 3] = fl[o + 4] = fl[o + 5] = x
-            fl[o + 1] = 0.0
-            self._rebase(st, j, x, x)
-            mq = round((x - fl[o + 6]) / fl[o + 7]) + _MEAN_MID
-            bins[i] = (0 if mq < 0 else (_MEAN_MAX if mq > _MEAN_MAX else mq)) | 1 << 24
-            devs.append((0.0, x, 0.0, 0.0, False))
-            o += _FW
-            i += self._nb
-        return devs
+        """Learn the key's first event (every baseline starts at it) into bin ``b``;
+        its deviations (:func:`_start_fields`)."""
+        xs = _as_values(xs)
+        self._check(st)
+        if len(xs) > self.n_fields or not 0 <= b < self._nb:
+            raise ValueError(
+                f"xs must have at most {self.n_fields} values and b must be in "
+                f"[0, {self._nb}); got {len(xs)} values and b={b!r}"
+            )
+        out = array("d", bytes(40 * len(xs)))
+        _start_fields(st.floats, st.words, self._fields_o, 2 + b, self._nb, xs, out)
+        return list(_deviations(out))
 
     def step(self, st: SeasonalState, ts: float, xs: Sequence[float]) -> DetectorResult:
         """Score an event at event time ``ts`` (seconds) with finite values ``xs``
-        (one per field) from the state before it, then learn it."""
-        # Hot path (once per event of every key): attributes and constants are
-        # hoisted to locals; a field's first nine floats are read with one
-        # struct.unpack_from and its first four written back with one pack_into
-        # (native float32, the same C cast as array("f") item access, so the bytes
-        # are identical). A value the event has stored itself is re-read from
-        # ``fl`` (float32-rounded) where the update uses it (re-base, run offsets).
-        fl = st.floats
-        head = bins = st.words  # events seen, quiet events left, then the bins
-        n = head[0]
-        nb = self._nb
-        b = int((ts % self._period) // self._bin_s)
-        if b >= nb:  # float rounding at the period's end
-            b = nb - 1
-        spatial = False
-        zmax = 0.0
-        if n == 0:
-            devs = self._start(st, b, xs)
-        else:
-            warm = n >= FLAG_WARMUP
-            # AnomalyLikelihood.rate(n) of the level baseline, inlined
-            a_lvl = (
-                self._lvl_alpha
-                if n >= self._lvl_settled
-                else self._lvl_alpha / (1.0 - self._lvl_keep ** (n + 1))
+        (one per field; an ``array("d")`` is used as it is) from the state before
+        it, then learn it. The work is :func:`_step_kernel` (compiled)."""
+        if type(xs) is not array or xs.typecode != "d":
+            xs = array("d", xs)
+        n_x = len(xs)
+        if n_x > self.n_fields:
+            raise ValueError(f"xs must have at most {self.n_fields} values; got {n_x}")
+        # the kernel does not check its indices: a state of another shape must not reach it
+        if len(st.floats) != self._n_floats or len(st.words) != self._n_words:
+            self._check(st)
+        if type(ts) is not float:
+            ts = float(ts)
+        out = array("d", self._out0) if n_x == self.n_fields else array("d", bytes(40 * n_x))
+        score, zmax, tail, spatial = _step_kernel(st.floats, st.words, ts, xs, out, *self._kargs)
+        return _new_result(DetectorResult, (score, zmax, tail, spatial, _deviations(out)))
+
+    def step_parts(
+        self, st: SeasonalState, ts: float, xs: array
+    ) -> tuple[float, float, float, bool, array]:
+        """:meth:`step` for a caller that needs the deviations only now and then:
+        ``(score, z, tail, spatial, out)`` with the deviations still packed in
+        ``out`` (5 floats a field); :meth:`result` makes the ``DetectorResult``.
+        ``xs`` must be an ``array("d")`` of one value per field (what
+        :class:`~streamsift.models.keylogic.KeyLogic` passes).
+
+        >>> det = SeasonalDetector(("x",), DetectorConfig(season_bins=2))
+        >>> a, b = det.new_buffer(), det.new_buffer()
+        >>> r = det.step(a, 0.0, [1.0]), det.step(a, 60.0, [2.0])
+        >>> p = det.step_parts(b, 0.0, array("d", [1.0])), det.step_parts(b, 60.0, array("d", [2.0]))
+        >>> [det.result(*x) for x in p] == list(r), a == b
+        (True, True)
+        """
+        if type(xs) is not array or xs.typecode != "d" or len(xs) != self.n_fields:
+            raise ValueError(
+                f"xs must be an array('d') of {self.n_fields} values; got {_describe(xs)}"
             )
-            b_lvl = 1.0 - a_lvl
-            rates = self._rates
-            n_table = len(rates)
-            n_rates = self._n_rates
-            a0 = self._a_season
-            vcap = self._vcap
-            thr = self._thr  # > 0 (validated): |zs| >= thr flags, zs = 0 never does
-            readapt = self._readapt
-            min_visits = self._min_visits
-            margin = self._margin if n >= self._warmup else 0.0
-            sd_table = _SD_TABLE
-            var_table = _VAR_TABLE
-            mean_off = _MEAN_OFF
-            read9 = _F9.unpack_from
-            write4 = _F4.pack_into
-            sqrt = math.sqrt
-            floor_ = _floor
-            log2 = _log2
-            xlim = X_LIMIT
-            nxlim = -X_LIMIT
-            psi = _PSI
-            z_cap = _Z_CAP
-            o = self._fields_o
-            i = 2 + b
-            u = (n * _PHI) % 1.0
-            devs = []
-            add_dev = devs.append
-            for x in xs:
-                if not nxlim <= x <= xlim:
-                    x = xlim if x > 0.0 else (-xlim if x < 0.0 else 0.0)
-                # u = (u + _PSI) % 1.0 (exact: fmod(a, 1.0) is a - 1.0 for a in [1, 2))
-                u += psi
-                if u >= 1.0:
-                    u -= 1.0
-                # level mean, variance, resolution, previous value, lo, hi, code
-                # centre and step, run length (as stored before this event)
-                m, v, q, p, lo, hi, c, s, rk = read9(fl, 4 * o)
-                floor = 0.5 * q
-                # level baseline
-                rel = 1e-3 * (m if m >= 0.0 else -m) + 1e-9
-                f = floor if floor > rel else rel
-                sd = sqrt(v) if v > 0.0 else 0.0
-                zl = (x - m) / (sd if sd > f else f)
-                # seasonal bin
-                word = bins[i]
-                cc = word >> 24
-                if cc > vcap:
-                    visits = vcap
-                    run = cc - vcap
-                else:
-                    visits = cc
-                    run = 0
-                mb = c + s * mean_off[word & 0xFFF]
-                kb = (word >> 12) & 0xFFF
-                if visits >= min_visits:
-                    rel = 1e-3 * (mb if mb >= 0.0 else -mb) + 1e-9
-                    f = floor if floor > rel else rel
-                    sd = s * sd_table[kb]
-                    zs = (x - mb) / (sd if sd > f else f)
-                    azs = zs if zs >= 0.0 else -zs
-                else:
-                    zs = azs = 0.0
-                azl = zl if zl >= 0.0 else -zl
-                if azs > azl:
-                    if azs > z_cap:
-                        azs = z_cap
-                        zs = z_cap if zs > 0.0 else -z_cap
-                    if azs > zmax:
-                        zmax = azs
-                    add_dev((azs, x, mb, zs, True))
-                else:
-                    if azl > z_cap:
-                        azl = z_cap
-                        zl = z_cap if zl > 0.0 else -z_cap
-                    if azl > zmax:
-                        zmax = azl
-                    add_dev((azl, x, m, zl, False))
-                if margin > 0.0:
-                    span = margin * (hi - lo)
-                    if x > hi + span or x < lo - span:
-                        spatial = True
-                # the bin's mean codes must reach x (bin means stay inside the seen range);
-                # 2048.0 = _MEAN_MID, 2047.0 = _MEAN_MAX - _MEAN_MID
-                if not c - 2048.0 * s <= x <= c + 2047.0 * s:
-                    self._rebase(st, (o - self._fields_o) // _FW, min(x, lo), max(x, hi))
-                    c = fl[o + 6]
-                    s = fl[o + 7]
-                    word = bins[i]
-                    mb = c + s * mean_off[word & 0xFFF]
-                    kb = (word >> 12) & 0xFFF
-                # azs >= thr: |zs| >= thr with zs as capped above
-                if azs >= thr and warm:
-                    # flagged: not learnt; it extends the field's run of offsets and the
-                    # bin's run
-                    d = x - mb
-                    rk += 1.0
-                    if rk > readapt:
-                        rk = readapt
-                    ra = 1.0 / rk
-                    rm = fl[o + 9]
-                    e = d - rm
-                    fl[o + 8] = rk
-                    fl[o + 9] = rm + ra * e
-                    fl[o + 10] = (1.0 - ra) * (fl[o + 10] + ra * e * e)
-                    run += 1
-                    if run < readapt:
-                        bins[i] = (word & 0xFFFFFF) | (vcap + run) << 24
-                        mb = None
-                    else:  # a sustained change: the bin jumps by the run's mean offset and spread
-                        mb += fl[o + 9]  # as stored (float32)
-                        vb = fl[o + 10]
-                        cc = visits
-                else:
-                    if rk:  # the run length is 0.0 or >= 1.0: skip rewriting a 0.0
-                        fl[o + 8] = 0.0
-                    if visits == 0:
-                        mb = x
-                        vb = 0.0
-                    else:
-                        if visits < n_table:
-                            a = rates[visits]
-                        elif visits < n_rates:  # beyond the table: as it is built
-                            a = a0 / (1.0 - (1.0 - a0) ** (visits + 1))
-                        else:
-                            a = a0
-                        d = x - mb
-                        mb += a * d
-                        vb = (1.0 - a) * (s * s * var_table[kb] + a * d * d)
-                    cc = visits + 1 if visits < vcap else visits
-                if mb is not None:
-                    mq = floor_((mb - c) / s + u) + 2048  # _MEAN_MID
-                    mq = 0 if mq < 0 else (4095 if mq > 4095 else mq)  # _MEAN_MAX
-                    if vb > 0.0:
-                        k = floor_(128.0 * log2(vb / (s * s)) + 1.0 + u)  # VAR_STEPS
-                        k = 1 if k < 1 else (4095 if k > 4095 else k)  # _VAR_MAX
-                        bins[i] = mq | k << 12 | cc << 24
-                    else:
-                        bins[i] = mq | cc << 24
-                # range and resolution
-                if x < lo:
-                    fl[o + 4] = x
-                if x > hi:
-                    fl[o + 5] = x
-                d = x - p if x >= p else p - x
-                if d > 0.0 and (d < q or q == 0.0):
-                    q = d
-                # learn: the level baseline learns every point; with the resolution (q
-                # rewritten as read when unchanged) and the previous value, one write
-                d = x - m
-                write4(fl, 4 * o, m + a_lvl * d, b_lvl * (v + a_lvl * d * d), q, x)
-                o += _FW
-                i += nb
-        raw = 1.0 - math.exp(-zmax / RAW_SCALE)
-        tail = self.likelihood.step(fl, 0, raw, n)
-        if n < 0xFFFFFFFF:
-            head[0] = n + 1
-        deviations = tuple(devs)
-        if n + 1 < self._warmup:
-            return _new_result(DetectorResult, (0.0, zmax, tail, False, deviations))
-        if spatial and zmax >= SPATIAL_MIN_Z:
-            score = 1.0
+        if len(st.floats) != self._n_floats or len(st.words) != self._n_words:
+            self._check(st)
+        out = array("d", self._out0)
+        score, zmax, tail, spatial = _step_kernel(st.floats, st.words, ts, xs, out, *self._kargs)
+        return score, zmax, tail, spatial, out
+
+    @staticmethod
+    def result(score: float, z: float, tail: float, spatial: bool, out: array) -> DetectorResult:
+        """The ``DetectorResult`` of :meth:`step_parts`' output."""
+        return _new_result(DetectorResult, (score, z, tail, spatial, _deviations(out)))
+
+    def _check(self, st: SeasonalState) -> None:
+        """Raise unless ``st`` has this detector's buffer sizes and types."""
+        fl, words = st.floats, st.words
+        if not (
+            type(fl) is array
+            and fl.typecode == "f"
+            and len(fl) == self._n_floats
+            and type(words) is array
+            and words.typecode == self._ctype
+            and len(words) == self._n_words
+        ):
+            raise ValueError(
+                f"st must hold array('f') of {self._n_floats} and array({self._ctype!r}) of "
+                f"{self._n_words} items; got {_describe(fl)} and {_describe(words)}"
+            )
+
+
+def _describe(a: object) -> str:
+    if type(a) is array:
+        return f"array({a.typecode!r}) of {len(a)}"
+    return type(a).__name__
+
+
+def _as_values(xs: Sequence[float]) -> array:
+    return xs if type(xs) is array and xs.typecode == "d" else array("d", xs)
+
+
+def _deviations(out: array) -> tuple[tuple[float, float, float, float, bool], ...]:
+    """The kernel's per-field deviations (5 floats a field) as DetectorResult's tuples."""
+    # zip draws from the one iterator in argument order: |z|, value, mean, z, then
+    # the flag through bool() (1.0 -> True), field after field
+    it = iter(out)
+    return tuple(zip(it, it, it, it, map(bool, it)))  # noqa: B905 (one iterator)
+
+
+# -- compiled kernels --------------------------------------------------------------
+# They run on the state's own buffers: ``fl`` is array("f") (float32), ``words`` is
+# array("I") or array("Q"). numba keeps float32 OP float32 in float32 and may turn
+# uint OP int into float64, while the Python code this replaced computed everything
+# in float64 and unbounded ints: so every read of ``fl`` is widened with
+# np.float64() and every word read with _i64() before any arithmetic. Writes
+# to ``fl`` round to float32 exactly as array("f") item assignment does. Count codes
+# are below 2 ** 40, but a uint64 word's codes of a flagged run sit just below that
+# (vcap + run, vcap = 2 ** 40 - readapt_after): ``cc << 24`` then overflows int64,
+# and the wrapped int64 has exactly the uint64 word's bits (the store keeps them;
+# reads mask the count back to 40 bits). round() / floor() become np.rint /
+# np.floor, clamped as floats before the int conversion (Python's ints do not
+# overflow; numba's would). Powers with a growing integer exponent take it as a
+# float (numba computes float ** int by repeated multiplication, Python by pow()).
+
+#: the count field of a word (bits 24 and up; at most 40 bits in a uint64 word)
+_CC_MASK = (1 << 40) - 1
+_2_M20 = 2.0**-20
+
+
+@numba.njit(cache=True, nogil=True)
+def _i64(x):
+    """``x`` as an int64 (a word read from either typecode, or an integral float):
+    the kernels' integers. Interpreted (``.py_func``), ``int`` stands in for it and
+    the same code computes on Python's ints, as the pure-Python detector did."""
+    return np.int64(x)
+
+
+@numba.njit(cache=True, nogil=True)
+def _code(t, lo, hi):
+    """``t`` (an integral float) clamped to ``[lo, hi]``, as an int."""
+    if t < lo:
+        return _i64(lo)
+    if t > hi:
+        return _i64(hi)
+    return _i64(t)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rebase_field(fl, words, o, w0, nb, lo, hi):
+    """Re-centre the mean codes of the field whose floats start at ``fl[o]`` and
+    bins at ``words[w0]`` on ``[lo, hi]`` (a value left the codes' reach) and
+    re-encode its ``nb`` bins."""
+    c_old = np.float64(fl[o + 6])
+    s_old = np.float64(fl[o + 7])
+    span = hi - lo
+    fl[o + 6] = 0.5 * (lo + hi)
+    c = np.float64(fl[o + 6])
+    if span > 0.0:
+        fl[o + 7] = span / MEAN_STEPS
+    else:
+        ac = abs(c)
+        fl[o + 7] = (1e-30 if 1e-30 > ac else ac) * _2_M20  # max(abs(c), 1e-30) * 2 ** -20
+    s = np.float64(fl[o + 7])
+    if s_old <= 0.0:
+        return
+    shift = VAR_STEPS * math.log2(s_old / s) * 2.0
+    for i in range(w0, w0 + nb):
+        word = _i64(words[i])
+        # round() is half-even, as np.rint
+        q = np.rint((c_old + s_old * np.float64((word & 0xFFF) - _MEAN_MID) - c) / s)
+        q = _code(q + _MEAN_MID, 0, _MEAN_MAX)
+        k = (word >> 12) & 0xFFF
+        if k:
+            k = _code(np.rint(k + shift), 1, _VAR_MAX)
+        words[i] = q | k << 12 | (word >> 24) << 24
+
+
+@numba.njit(cache=True, nogil=True)
+def _start_fields(fl, words, fo, i, nb, xs, out):
+    """Learn the key's first event (every baseline starts at it) into the bin whose
+    first field's word is ``words[i]``; fields' floats from ``fl[fo]``. Writes the
+    deviations (5 floats a field) to ``out``."""
+    o = fo
+    for j in range(len(xs)):
+        x = xs[j]
+        if not (-X_LIMIT <= x and x <= X_LIMIT):
+            x = X_LIMIT if x > 0.0 else (-X_LIMIT if x < 0.0 else 0.0)
+        fl[o] = x
+        fl[o + 3] = x
+        fl[o + 4] = x
+        fl[o + 5] = x
+        fl[o + 1] = 0.0
+        _rebase_field(fl, words, o, 2 + j * nb, nb, x, x)
+        mq = np.rint((x - np.float64(fl[o + 6])) / np.float64(fl[o + 7]))
+        words[i] = _code(mq + _MEAN_MID, 0, _MEAN_MAX) | 1 << 24
+        out[5 * j] = 0.0
+        out[5 * j + 1] = x
+        out[5 * j + 2] = 0.0
+        out[5 * j + 3] = 0.0
+        out[5 * j + 4] = 0.0
+        o += _FW
+        i += nb
+
+
+@numba.njit(cache=True, nogil=True)
+def _step_kernel(
+    fl,
+    words,
+    ts,
+    xs,
+    out,
+    nb,
+    period,
+    bin_s,
+    lik_window,
+    lik_alpha,
+    lik_keep,
+    lik_settled,
+    lik_min_sd,
+    lvl_alpha,
+    lvl_keep,
+    lvl_settled,
+    rates,
+    n_rates,
+    a0,
+    vcap,
+    min_visits,
+    thr,
+    readapt,
+    warmup,
+    margin,
+    alert,
+    cap,
+    suppress,
+    sd_table,
+    var_table,
+):
+    """One event of :meth:`SeasonalDetector.step` on the state's buffers ``fl`` /
+    ``words``: scores it from the state before it, learns it, writes per field
+    ``(|z|, value, baseline mean, signed z, 1.0 if seasonal else 0.0)`` to
+    ``out[5 j : 5 j + 5]`` and returns ``(score, z, tail, spatial)``."""
+    if not ts - ts == 0.0:
+        raise ValueError("ts must be a finite number of seconds")
+    head = bins = words  # events seen, quiet events left, then the bins
+    n = _i64(head[0])
+    b = int((ts % period) // bin_s)
+    if b >= nb:  # float rounding at the period's end
+        b = nb - 1
+    fo = 2 + lik_window  # the first field's floats follow the likelihood's
+    spatial = False
+    zmax = 0.0
+    if n == 0:
+        _start_fields(fl, words, fo, 2 + b, nb, xs, out)
+    else:
+        warm = n >= FLAG_WARMUP
+        # AnomalyLikelihood.rate(n) of the level baseline
+        if n >= lvl_settled:
+            a_lvl = lvl_alpha
         else:
-            spatial = False
-            # tail_to_score(tail, TAIL_DECADES), inlined
-            if tail >= 1.0:
-                score = 0.0
+            a_lvl = lvl_alpha / (1.0 - lvl_keep ** np.float64(n + 1))
+        b_lvl = 1.0 - a_lvl
+        n_table = len(rates)
+        margin_n = margin if n >= warmup else 0.0
+        o = fo
+        i = 2 + b
+        u = (n * _PHI) % 1.0
+        for j in range(len(xs)):
+            x = xs[j]
+            if not (-X_LIMIT <= x and x <= X_LIMIT):
+                x = X_LIMIT if x > 0.0 else (-X_LIMIT if x < 0.0 else 0.0)
+            # u = (u + _PSI) % 1.0 (exact: fmod(a, 1.0) is a - 1.0 for a in [1, 2))
+            u += _PSI
+            if u >= 1.0:
+                u -= 1.0
+            # level mean, variance, resolution, previous value, lo, hi, code
+            # centre and step, run length (as stored before this event)
+            m = np.float64(fl[o])
+            v = np.float64(fl[o + 1])
+            q = np.float64(fl[o + 2])
+            p = np.float64(fl[o + 3])
+            lo = np.float64(fl[o + 4])
+            hi = np.float64(fl[o + 5])
+            c = np.float64(fl[o + 6])
+            s = np.float64(fl[o + 7])
+            rk = np.float64(fl[o + 8])
+            floor = 0.5 * q
+            # level baseline
+            rel = 1e-3 * (m if m >= 0.0 else -m) + 1e-9
+            f = floor if floor > rel else rel
+            sd = math.sqrt(v) if v > 0.0 else 0.0
+            zl = (x - m) / (sd if sd > f else f)
+            # seasonal bin
+            word = _i64(bins[i])
+            cc = (word >> 24) & _CC_MASK
+            if cc > vcap:
+                visits = vcap
+                run = cc - vcap
             else:
-                score = -math.log10(tail if tail > _TAIL_FLOOR else _TAIL_FLOOR) / TAIL_DECADES
-                score = 1.0 if score > 1.0 else (0.0 if score < 0.0 else score)
-        quiet = head[1]
-        if quiet > 0:
-            head[1] = quiet - 1
-            if score > self._cap:
-                score = self._cap
-        elif self._suppress and score >= self._alert:
-            head[1] = self._suppress
-        return _new_result(DetectorResult, (score, zmax, tail, spatial, deviations))
+                visits = cc
+                run = 0
+            mb = c + s * np.float64((word & 0xFFF) - _MEAN_MID)
+            kb = (word >> 12) & 0xFFF
+            if visits >= min_visits:
+                rel = 1e-3 * (mb if mb >= 0.0 else -mb) + 1e-9
+                f = floor if floor > rel else rel
+                sd = s * sd_table[kb]
+                zs = (x - mb) / (sd if sd > f else f)
+                azs = zs if zs >= 0.0 else -zs
+            else:
+                zs = azs = 0.0
+            azl = zl if zl >= 0.0 else -zl
+            if azs > azl:
+                if azs > _Z_CAP:
+                    azs = _Z_CAP
+                    zs = _Z_CAP if zs > 0.0 else -_Z_CAP
+                if azs > zmax:
+                    zmax = azs
+                out[5 * j] = azs
+                out[5 * j + 2] = mb
+                out[5 * j + 3] = zs
+                out[5 * j + 4] = 1.0
+            else:
+                if azl > _Z_CAP:
+                    azl = _Z_CAP
+                    zl = _Z_CAP if zl > 0.0 else -_Z_CAP
+                if azl > zmax:
+                    zmax = azl
+                out[5 * j] = azl
+                out[5 * j + 2] = m
+                out[5 * j + 3] = zl
+                out[5 * j + 4] = 0.0
+            out[5 * j + 1] = x
+            if margin_n > 0.0:
+                span = margin_n * (hi - lo)
+                if x > hi + span or x < lo - span:
+                    spatial = True
+            # the bin's mean codes must reach x (bin means stay inside the seen range);
+            # 2048.0 = _MEAN_MID, 2047.0 = _MEAN_MAX - _MEAN_MID
+            if not (c - 2048.0 * s <= x and x <= c + 2047.0 * s):
+                # min(x, lo), max(x, hi) as Python picks them (the first on a tie)
+                _rebase_field(
+                    fl, words, o, 2 + j * nb, nb, lo if lo < x else x, hi if hi > x else x
+                )
+                c = np.float64(fl[o + 6])
+                s = np.float64(fl[o + 7])
+                word = _i64(bins[i])
+                mb = c + s * np.float64((word & 0xFFF) - _MEAN_MID)
+                kb = (word >> 12) & 0xFFF
+            learn = True  # the bin's new mean / variance codes are written below
+            vb = 0.0
+            # azs >= thr: |zs| >= thr with zs as capped above (thr > 0: zs = 0 never flags)
+            if azs >= thr and warm:
+                # flagged: not learnt; it extends the field's run of offsets and the
+                # bin's run
+                d = x - mb
+                rk += 1.0
+                if rk > readapt:
+                    rk = np.float64(readapt)
+                ra = 1.0 / rk
+                rm = np.float64(fl[o + 9])
+                e = d - rm
+                fl[o + 8] = rk
+                fl[o + 9] = rm + ra * e
+                fl[o + 10] = (1.0 - ra) * (np.float64(fl[o + 10]) + ra * e * e)
+                run += 1
+                if run < readapt:
+                    bins[i] = (word & 0xFFFFFF) | (vcap + run) << 24
+                    learn = False
+                else:  # a sustained change: the bin jumps by the run's mean offset and spread
+                    mb += np.float64(fl[o + 9])  # as stored (float32)
+                    vb = np.float64(fl[o + 10])
+                    cc = visits
+            else:
+                if rk != 0.0:  # the run length is 0.0 or >= 1.0: skip rewriting a 0.0
+                    fl[o + 8] = 0.0
+                if visits == 0:
+                    mb = x
+                    vb = 0.0
+                else:
+                    if visits < n_table:
+                        a = rates[visits]
+                    elif visits < n_rates:  # beyond the table: as it is built
+                        a = a0 / (1.0 - (1.0 - a0) ** np.float64(visits + 1))
+                    else:
+                        a = a0
+                    d = x - mb
+                    mb += a * d
+                    vb = (1.0 - a) * (s * s * var_table[kb] + a * d * d)
+                cc = visits + 1 if visits < vcap else visits
+            if learn:
+                mq = _code(np.floor((mb - c) / s + u) + _MEAN_MID, 0, _MEAN_MAX)
+                if vb > 0.0:
+                    k = np.floor(VAR_STEPS * math.log2(vb / (s * s)) + 1.0 + u)
+                    bins[i] = mq | _code(k, 1, _VAR_MAX) << 12 | cc << 24
+                else:
+                    bins[i] = mq | cc << 24
+            # range and resolution
+            if x < lo:
+                fl[o + 4] = x
+            if x > hi:
+                fl[o + 5] = x
+            d = x - p if x >= p else p - x
+            if d > 0.0 and (d < q or q == 0.0):
+                q = d
+            # learn: the level baseline learns every point
+            d = x - m
+            fl[o] = m + a_lvl * d
+            fl[o + 1] = b_lvl * (v + a_lvl * d * d)
+            fl[o + 2] = q
+            fl[o + 3] = x
+            o += _FW
+            i += nb
+    raw = 1.0 - math.exp(-zmax / RAW_SCALE)
+    tail = likelihood_step(fl, 0, raw, n, lik_window, lik_alpha, lik_keep, lik_settled, lik_min_sd)
+    if n < 0xFFFFFFFF:
+        head[0] = n + 1
+    if n + 1 < warmup:
+        return 0.0, zmax, tail, False
+    if spatial and zmax >= SPATIAL_MIN_Z:
+        score = 1.0
+    else:
+        spatial = False
+        # tail_to_score(tail, TAIL_DECADES)
+        if tail >= 1.0:
+            score = 0.0
+        else:
+            score = -math.log10(tail if tail > _TAIL_FLOOR else _TAIL_FLOOR) / TAIL_DECADES
+            score = 1.0 if score > 1.0 else (0.0 if score < 0.0 else score)
+    quiet = _i64(head[1])
+    if quiet > 0:
+        head[1] = quiet - 1
+        if score > cap:
+            score = cap
+    elif suppress != 0 and score >= alert:
+        head[1] = suppress
+    return score, zmax, tail, spatial
 
 
 def _swapped(a: array) -> array:
