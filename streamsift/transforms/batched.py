@@ -437,6 +437,8 @@ class DetectShardFn(beam.DoFn):
     def _build(self) -> tuple:
         cfg = self._cfg
         logic = ShardLogic.from_config(cfg)
+        # compile / load the numba kernels now, not in the middle of the first bundle
+        logic.key_logic.warm_up()
         handler = StreamsiftModelHandler.from_config(
             self._model_path,
             logic.key_logic.feature_names,

@@ -172,6 +172,7 @@ class DetectPerKeyFn(beam.DoFn):
 
     def setup(self) -> None:
         self._logic = KeyLogic(self._field_names, self._features, self._prefilter, self._detector)
+        self._logic.warm_up()  # compile / load the numba kernels before the first bundle
         self._processed = Metrics.counter(NAMESPACE, "processed")
         self._escalated = Metrics.counter(NAMESPACE, "escalated")
         self._late = Metrics.counter(NAMESPACE, "late")
