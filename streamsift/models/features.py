@@ -39,8 +39,9 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from streamsift.models.jit import kernel
 
 __all__ = [
     "DecayedMoments",
@@ -278,7 +279,7 @@ class DecayedRate:
 # instead of returning inf/nan.
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def log_k(x: float) -> float:  # pragma: no cover - compiled
     # math.log semantics: ValueError for x <= 0 (numba returns -inf / nan)
     if x <= 0.0:
@@ -286,7 +287,7 @@ def log_k(x: float) -> float:  # pragma: no cover - compiled
     return math.log(x)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def exp_k(x: float) -> float:  # pragma: no cover - compiled
     # math.exp semantics: OverflowError for a finite argument that overflows
     r = math.exp(x)
@@ -295,7 +296,7 @@ def exp_k(x: float) -> float:  # pragma: no cover - compiled
     return r
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _learn_first_kernel(buf, xs, nh: int, stride: int) -> None:  # pragma: no cover - compiled
     # first event, or every horizon forgotten: the event is the whole history
     nf = len(xs)
@@ -312,7 +313,7 @@ def _learn_first_kernel(buf, xs, nh: int, stride: int) -> None:  # pragma: no co
             p += 4
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _step_model_kernel(buf, xs, dt, age, taus, inv_taus, out) -> None:  # pragma: no cover
     """Kernel of :meth:`RollingFeatures.step_model`: learn the event with values
     ``xs`` in the float64 buffer ``buf`` (in place) and write the model features

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
+
+from streamsift.models.jit import kernel
 
 __all__ = ["AnomalyLikelihood", "likelihood_step", "tail_to_score"]
 
@@ -210,7 +211,7 @@ def _sum_lr(xs) -> float:
     return total
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def likelihood_step(buf, o, raw, n, window, alpha, keep, settled, min_sd):
     """Compiled :meth:`AnomalyLikelihood.step` on a float32 or float64 buffer
     (``array("f")`` / ``array("d")`` / numpy), with the likelihood's parameters

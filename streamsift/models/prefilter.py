@@ -40,10 +40,9 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numba
-
 from streamsift.config import PrefilterConfig
 from streamsift.models.features import clamp_value, log_k
+from streamsift.models.jit import kernel
 from streamsift.records import Reason
 
 __all__ = [
@@ -497,7 +496,7 @@ class MADZScore(_RobustZ):
 # buffer is float64, so all arithmetic is in float64 as in Python.
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _ewma_flag_k(buf, o: int, x: float, d: float, readapt_after: float) -> bool:  # pragma: no cover
     """EWMAZScore._flag_at on slot ``o`` (weight, mean, var, run_n, run_mean,
     run_m2): decay the weight and extend the run of held-out points with ``x``;
@@ -526,7 +525,7 @@ def _ewma_flag_k(buf, o: int, x: float, d: float, readapt_after: float) -> bool:
     return False
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _ewma_learn_k(
     buf, o: int, x: float, wgt: float, var: float, d: float
 ) -> float:  # pragma: no cover
@@ -549,7 +548,7 @@ def _ewma_learn_k(
     return wn
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _ewma_step_k(
     buf, xs, out, n: int, dt: float, k: float, thr: float, warmup: int, readapt_after: float
 ) -> float:  # pragma: no cover - compiled

@@ -77,10 +77,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
 from streamsift.config import DetectorConfig
+from streamsift.models.jit import kernel
 from streamsift.models.likelihood import AnomalyLikelihood, likelihood_step
 
 __all__ = ["DETECTOR_REASON", "DetectorResult", "SeasonalDetector", "SeasonalState"]
@@ -481,7 +481,7 @@ _CC_MASK = (1 << 40) - 1
 _2_M20 = 2.0**-20
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _i64(x):
     """``x`` as an int64 (a word read from either typecode, or an integral float):
     the kernels' integers. Interpreted (``.py_func``), ``int`` stands in for it and
@@ -489,7 +489,7 @@ def _i64(x):
     return np.int64(x)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _code(t, lo, hi):
     """``t`` (an integral float) clamped to ``[lo, hi]``, as an int."""
     if t < lo:
@@ -499,7 +499,7 @@ def _code(t, lo, hi):
     return _i64(t)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _rebase_field(fl, words, o, w0, nb, lo, hi):
     """Re-centre the mean codes of the field whose floats start at ``fl[o]`` and
     bins at ``words[w0]`` on ``[lo, hi]`` (a value left the codes' reach) and
@@ -529,7 +529,7 @@ def _rebase_field(fl, words, o, w0, nb, lo, hi):
         words[i] = q | k << 12 | (word >> 24) << 24
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _start_fields(fl, words, fo, i, nb, xs, out):
     """Learn the key's first event (every baseline starts at it) into the bin whose
     first field's word is ``words[i]``; fields' floats from ``fl[fo]``. Writes the
@@ -556,7 +556,7 @@ def _start_fields(fl, words, fo, i, nb, xs, out):
         i += nb
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _step_kernel(
     fl,
     words,
