@@ -411,13 +411,15 @@ def test_chunk_payloads_feeds_the_engine_without_watermark_hints(trained, tmp_pa
 # ----------------------------------------------------------------------------- shard cache
 
 
-def test_change_log_replays_to_the_shard_state_after_every_step():
+@pytest.mark.parametrize("lateness", [5.0, 600.0])
+def test_change_log_replays_to_the_shard_state_after_every_step(lateness):
     """What :meth:`ShardState.take_changes` reports after each step, replayed onto
     the first snapshot, is the whole state: no changed key goes unmarked
-    (arrivals, releases, expiries, alert states)."""
+    (arrivals, releases, expiries, alert states). With a long allowed lateness
+    buffers grow over several steps: those go as append records."""
     from streamsift.models.batch import apply_changes
 
-    logic = _shard_logic(allowed_lateness_s=5.0, idle_ttl_s=900.0)
+    logic = _shard_logic(allowed_lateness_s=lateness, idle_ttl_s=900.0)
     rng = np.random.default_rng(11)
     n = 1200
     ts = np.sort(rng.uniform(0, 60000, n))
@@ -433,7 +435,7 @@ def test_change_log_replays_to_the_shard_state_after_every_step():
     logic.pack(st)
     replayed = marshal.loads(marshal.dumps(st.to_plain()))
     st.take_changes()
-    steps_with_removals = 0
+    steps_with_removals = appends = 0
     for i in range(0, n, 20):
         chunk = events[i : i + 20]
         actions = logic.advance(st, int(chunk[0].ts * 1e6) - 10_000_000, counts)
@@ -444,25 +446,36 @@ def test_change_log_replays_to_the_shard_state_after_every_step():
         logic.pack(st)
         changes = marshal.loads(marshal.dumps(st.take_changes()))
         steps_with_removals += any(v is None for v in changes[1].values())
+        # keys whose buffer only grew: just their new events (see take_changes)
+        appends += sum(v is not None and v[0] == "+" for v in changes[1].values())
         assert len(changes[1]) <= 20 + len(actions) + 6  # only what the step touched
         apply_changes(replayed, changes)
         assert replayed == marshal.loads(marshal.dumps(st.to_plain()))
     assert steps_with_removals > 0 and counts["keys_expired"] > 0
+    if lateness > 100.0:
+        assert appends > 0
     assert counts["alerts_opened"] > 0 and counts["alert_keys_expired"] > 0
 
 
-@pytest.mark.parametrize("cache", ["miss_every_step", "compact_often"])
-def test_shard_state_survives_cache_misses_and_compaction(trained, tmp_path, monkeypatch, cache):
+@pytest.mark.parametrize(
+    ("cache", "lateness"),
+    [("miss_every_step", None), ("compact_often", None), ("miss_every_step", 900.0)],
+)
+def test_shard_state_survives_cache_misses_and_compaction(
+    trained, tmp_path, monkeypatch, cache, lateness
+):
     """The engine gives the same outputs when every step rebuilds its shard from
     Beam state (no cache: as a fresh DoFn in a fresh process would) and when the
-    change log is compacted at almost every step."""
+    change log is compacted at almost every step. With a long allowed lateness the
+    keys' buffers grow over many steps (the log gets append records)."""
     from streamsift.transforms import batched as batched_mod
 
     cfg, model_path = trained
+    event_time = dataclasses.replace(cfg.event_time, idle_ttl_s=150.0)
+    if lateness is not None:
+        event_time = dataclasses.replace(event_time, allowed_lateness_s=lateness)
     cfg = dataclasses.replace(
-        cfg,
-        event_time=dataclasses.replace(cfg.event_time, idle_ttl_s=150.0),
-        synthetic=dataclasses.replace(cfg.synthetic, events=900),
+        cfg, event_time=event_time, synthetic=dataclasses.replace(cfg.synthetic, events=900)
     )
     payloads = synthetic.generate(cfg.synthetic, cfg.input).payloads
     batched_mod.clear_shard_cache()

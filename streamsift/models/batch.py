@@ -421,6 +421,10 @@ class KeySlot:
     logic_raw: bytes | None = None
     logic: KeyState | None = None
     buffer: list[Event] = field(default_factory=list)
+    #: how many of ``buffer``'s first events the shard's log already holds (the
+    #: buffer has only grown since it was logged), -1 = not logged as it is:
+    #: :meth:`ShardState.take_changes` then writes only the events after them
+    logged: int = field(default=-1, repr=False, compare=False)
 
 
 @dataclass
@@ -544,33 +548,70 @@ class ShardState:
         )
 
     @staticmethod
+    def _slot_append(key: str, s: KeySlot, done: int) -> tuple:
+        if s.logic is not None:
+            raise ValueError(f"key {key!r} holds a decoded state; call ShardLogic.pack first")
+        return (
+            "+",
+            s.meta.plain(),
+            s.release_us,
+            s.expire_us,
+            s.logic_raw,
+            [(e.key, e.ts, tuple(e.values), e.label, e.ingest) for e in s.buffer[done:]],
+        )
+
+    @staticmethod
     def _alert_plain(key: str, a: bytes | AlertState | None) -> bytes | None:
         if a is not None and not isinstance(a, bytes):
             raise ValueError(f"alert state of {key!r} is decoded; call ShardLogic.pack first")
         return a
 
-    def to_plain(self) -> tuple:
+    def to_plain(self, logged: bool = False) -> tuple:
         """Marshal-friendly form (call :meth:`ShardLogic.pack` first so that no
-        decoded state is left)."""
+        decoded state is left); ``logged``: it goes to the shard's log as a
+        snapshot (later :meth:`take_changes` append to the buffers it holds)."""
         keys = {key: self._slot_plain(key, s) for key, s in self.keys.items()}
         alerts = {key: self._alert_plain(key, a) for key, a in self.alerts.items()}
+        if logged:
+            for slot in self.keys.values():
+                slot.logged = len(slot.buffer)
         return (_STATE_VERSION, keys, alerts)
 
     def take_changes(self) -> tuple:
         """The plain form of what changed since the last call (slots and alert
         states of the dirty keys, None for removed ones), then forget the marks.
-        :func:`apply_changes` replays it onto a plain state (call
+        A slot whose buffer has only grown since it was logged goes as an append
+        record, ``("+", meta, release, expiry, detector state, new events)``: the
+        buffered events are written once, not again with every change of their
+        key (with event-time ordering a key holds up to two allowed latenesses of
+        events). :func:`apply_changes` replays it onto a plain state (call
         :meth:`ShardLogic.pack` first).
 
         >>> st = ShardState()
         >>> st.alerts["k"] = b"x"; st.dirty_alerts.add("k"); st.dirty.add("gone")
         >>> st.take_changes(), st.dirty, st.dirty_alerts
         ((1, {'gone': None}, {'k': b'x'}), set(), set())
+        >>> st.keys["a"] = KeySlot(buffer=[Event("a", 1.0, (2.0,))]); st.dirty.add("a")
+        >>> plain = apply_changes(ShardState().to_plain(), st.take_changes())
+        >>> st.keys["a"].buffer.append(Event("a", 3.0, (4.0,))); st.dirty.add("a")
+        >>> changes = st.take_changes()
+        >>> changes[1]["a"][0], changes[1]["a"][-1]
+        ('+', [('a', 3.0, (4.0,), '', 0.0)])
+        >>> ShardState.from_plain(apply_changes(plain, changes)).keys["a"].buffer == st.keys["a"].buffer
+        True
         """
         keys = {}
         for key in self.dirty:
             s = self.keys.get(key)
-            keys[key] = None if s is None else self._slot_plain(key, s)
+            if s is None:
+                keys[key] = None
+                continue
+            done = s.logged
+            if 0 <= done <= len(s.buffer):
+                keys[key] = self._slot_append(key, s, done)
+            else:
+                keys[key] = self._slot_plain(key, s)
+            s.logged = len(s.buffer)
         alerts = {key: self._alert_plain(key, self.alerts.get(key)) for key in self.dirty_alerts}
         self.dirty.clear()
         self.dirty_alerts.clear()
@@ -590,6 +631,7 @@ class ShardState:
                 raw,
                 None,
                 [Event(b[0], b[1], b[2], b[3], b[4]) for b in buf],
+                len(buf),
             )
         out.alerts = dict(alerts)
         return out
@@ -612,9 +654,32 @@ def apply_changes(plain: tuple, changes: tuple) -> tuple:
         for key, value in updates.items():
             if value is None:
                 target.pop(key, None)
+            elif target is keys and type(value) is tuple and len(value) == 6 and value[0] == "+":
+                # an append record: the slot's new fields, its buffer extended
+                old = keys.get(key)
+                if old is None:
+                    raise ValueError(f"shard log appends to key {key!r}, which it does not hold")
+                buf = old[4]
+                buf.extend(value[5])
+                keys[key] = (value[1], value[2], value[3], value[4], buf)
             else:
                 target[key] = value
     return plain
+
+
+def log_weight(plain: tuple) -> int:
+    """Size of a :meth:`ShardState.to_plain` / :meth:`ShardState.take_changes`
+    form in the shard log's terms: key and alert records plus buffered events.
+
+    >>> log_weight((1, {"a": ({}, None, None, b"", [("a", 1.0, (2.0,), "", 0.0)])}, {}))
+    2
+    """
+    _version, keys, alerts = plain
+    events = 0
+    for value in keys.values():
+        if value is not None:
+            events += len(value[-1])
+    return len(keys) + len(alerts) + events
 
 
 @dataclass(frozen=True)
@@ -787,6 +852,7 @@ class ShardLogic:
             else:
                 later.append(e)
         if ready:
+            slot.logged = -1  # the buffer is about to shrink: log it whole next time
             ready.sort(key=_sort_key)
             state = self._state(slot)
             step = self.key_logic.step

@@ -88,6 +88,7 @@ from streamsift.models.batch import (
     ShardState,
     apply_changes,
     calibrated_scores,
+    log_weight,
     shard_of,
 )
 from streamsift.parsing import ERROR_KINDS
@@ -347,7 +348,7 @@ class _CachedShard:
     version: bytes
     state: ShardState
     seq: int  #: sequence number of the last log element written
-    log_records: int  #: key records in the log (snapshot + changes)
+    log_records: int  #: key records + buffered events in the log (log_weight)
 
 
 _SHARD_CACHE: OrderedDict[tuple[str, object], _CachedShard] = OrderedDict()
@@ -389,10 +390,10 @@ def _replay_log(elements) -> tuple[tuple, int, int]:
     for _seq, kind, body in items:
         if kind == "s":
             plain = body
-            records = len(body[1]) + len(body[2])
+            records = log_weight(body)
         elif kind == "c":
             apply_changes(plain, body)
-            records += len(body[1]) + len(body[2])
+            records += log_weight(body)
         else:
             raise ValueError(f"shard log element kind must be 's' or 'c'; got {kind!r}")
     return plain, seq, records
@@ -405,8 +406,8 @@ class DetectShardFn(beam.DoFn):
     """``(shard, events bytes)`` -> alert JSON | flagged | LateEvent | Scored (tagged)."""
 
     #: the shard's state as a log: one snapshot, then one element of changed
-    #: keys per step (marshalled ``(seq, kind, body)``), compacted when it
-    #: outgrows the shard
+    #: keys per step (marshalled ``(seq, kind, body)``; a key whose buffer only
+    #: grew brings just its new events), compacted when it holds twice the shard
     LOG = BagStateSpec("shard_log", coders.BytesCoder())
     #: who wrote the log last (process token, write number, seq): the
     #: process-level cache is used only while it holds this very version
@@ -494,12 +495,16 @@ class DetectShardFn(beam.DoFn):
             entry = None
         elif st.dirty or st.dirty_alerts or not entry.version:
             changes = st.take_changes()
-            n = len(changes[1]) + len(changes[2])
+            n = log_weight(changes)
             entry.seq += 1
-            size = len(st.keys) + len(st.alerts)
-            if not entry.version or entry.log_records + n > max(size, _MIN_LOG_RECORDS):
+            # records and buffered events a snapshot would hold (log_weight); the
+            # log is compacted once it holds twice that (append records make it
+            # grow as fast as the state itself: compacting at 1x would snapshot
+            # at every step; at 2x each snapshot is paid for by as much log)
+            size = len(st.keys) + len(st.alerts) + sum(len(s.buffer) for s in st.keys.values())
+            if not entry.version or entry.log_records + n > max(2 * size, _MIN_LOG_RECORDS):
                 log.clear()
-                log.add(marshal.dumps((entry.seq, "s", st.to_plain()), 4))
+                log.add(marshal.dumps((entry.seq, "s", st.to_plain(logged=True)), 4))
                 entry.log_records = size
                 stat = "snapshots"
             else:
