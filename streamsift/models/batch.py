@@ -536,28 +536,17 @@ class ShardState:
         return None
 
     @staticmethod
-    def _slot_plain(key: str, s: KeySlot) -> tuple:
+    def _slot_plain(key: str, s: KeySlot, start: int = 0) -> tuple:
+        """The slot's plain form, with its buffered events from ``start`` on."""
         if s.logic is not None:
             raise ValueError(f"key {key!r} holds a decoded state; call ShardLogic.pack first")
+        buf = s.buffer[start:] if start else s.buffer
         return (
             s.meta.plain(),
             s.release_us,
             s.expire_us,
             s.logic_raw,
-            [(e.key, e.ts, tuple(e.values), e.label, e.ingest) for e in s.buffer],
-        )
-
-    @staticmethod
-    def _slot_append(key: str, s: KeySlot, done: int) -> tuple:
-        if s.logic is not None:
-            raise ValueError(f"key {key!r} holds a decoded state; call ShardLogic.pack first")
-        return (
-            "+",
-            s.meta.plain(),
-            s.release_us,
-            s.expire_us,
-            s.logic_raw,
-            [(e.key, e.ts, tuple(e.values), e.label, e.ingest) for e in s.buffer[done:]],
+            [(e.key, e.ts, tuple(e.values), e.label, e.ingest) for e in buf],
         )
 
     @staticmethod
@@ -608,7 +597,7 @@ class ShardState:
                 continue
             done = s.logged
             if 0 <= done <= len(s.buffer):
-                keys[key] = self._slot_append(key, s, done)
+                keys[key] = ("+", *self._slot_plain(key, s, done))
             else:
                 keys[key] = self._slot_plain(key, s)
             s.logged = len(s.buffer)

@@ -47,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 from streamsift.config import DetectorConfig, FeatureConfig, PrefilterConfig
-from streamsift.models.features import MAX_ABS_VALUE, MAX_DT_S, RollingFeatures
+from streamsift.models.features import MAX_ABS_VALUE, MAX_DT_S, RollingFeatures, clamp_value
 from streamsift.models.prefilter import Z_BOUND, Prefilter
 from streamsift.models.seasonal import (
     DETECTOR_REASON,
@@ -247,16 +247,7 @@ class KeyLogic:
         # is converted and clamped first.
         for x in values:
             if type(x) is not float or not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE:
-                xs = [float(v) for v in values]
-                xs = array(
-                    "d",
-                    [
-                        x
-                        if -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE
-                        else (MAX_ABS_VALUE if x > 0.0 else (-MAX_ABS_VALUE if x < 0.0 else 0.0))
-                        for x in xs
-                    ],
-                )
+                xs = array("d", [clamp_value(v) for v in values])
                 break
         else:
             xs = values if type(values) is array else array("d", values)

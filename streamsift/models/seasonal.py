@@ -347,53 +347,17 @@ class SeasonalDetector:
         var = s * s * _VAR_TABLE[(word >> 12) & 0xFFF]
         return visits, float(f"{mean:.7g}"), float(f"{var:.7g}"), run
 
-    def _rebase(self, st: SeasonalState, j: int, lo: float, hi: float) -> None:
-        """Re-centre field ``j``'s mean codes on ``[lo, hi]`` (a value left the
-        codes' reach) and re-encode its bins (:func:`_rebase_field`)."""
-        self._check(st)
-        if not 0 <= j < self.n_fields:
-            raise ValueError(f"j must be in [0, {self.n_fields}); got {j!r}")
-        _rebase_field(
-            st.floats,
-            st.words,
-            self._fields_o + _FW * j,
-            2 + j * self._nb,
-            self._nb,
-            float(lo),
-            float(hi),
-        )
-
-    def _start(self, st: SeasonalState, b: int, xs: Sequence[float]) -> list:
-        """Learn the key's first event (every baseline starts at it) into bin ``b``;
-        its deviations (:func:`_start_fields`)."""
-        xs = _as_values(xs)
-        self._check(st)
-        if len(xs) > self.n_fields or not 0 <= b < self._nb:
-            raise ValueError(
-                f"xs must have at most {self.n_fields} values and b must be in "
-                f"[0, {self._nb}); got {len(xs)} values and b={b!r}"
-            )
-        out = array("d", bytes(40 * len(xs)))
-        _start_fields(st.floats, st.words, self._fields_o, 2 + b, self._nb, xs, out)
-        return list(_deviations(out))
-
     def step(self, st: SeasonalState, ts: float, xs: Sequence[float]) -> DetectorResult:
         """Score an event at event time ``ts`` (seconds) with finite values ``xs``
         (one per field; an ``array("d")`` is used as it is) from the state before
         it, then learn it. The work is :func:`_step_kernel` (compiled)."""
         if type(xs) is not array or xs.typecode != "d":
             xs = array("d", xs)
-        n_x = len(xs)
-        if n_x > self.n_fields:
-            raise ValueError(f"xs must have at most {self.n_fields} values; got {n_x}")
-        # the kernel does not check its indices: a state of another shape must not reach it
-        if len(st.floats) != self._n_floats or len(st.words) != self._n_words:
-            self._check(st)
+        if len(xs) > self.n_fields:
+            raise ValueError(f"xs must have at most {self.n_fields} values; got {len(xs)}")
         if type(ts) is not float:
             ts = float(ts)
-        out = array("d", self._out0) if n_x == self.n_fields else array("d", bytes(40 * n_x))
-        score, zmax, tail, spatial = _step_kernel(st.floats, st.words, ts, xs, out, *self._kargs)
-        return _new_result(DetectorResult, (score, zmax, tail, spatial, _deviations(out)))
+        return self.result(*self._run(st, ts, xs))
 
     def step_parts(
         self, st: SeasonalState, ts: float, xs: array
@@ -415,9 +379,18 @@ class SeasonalDetector:
             raise ValueError(
                 f"xs must be an array('d') of {self.n_fields} values; got {_describe(xs)}"
             )
+        return self._run(st, ts, xs)
+
+    def _run(
+        self, st: SeasonalState, ts: float, xs: array
+    ) -> tuple[float, float, float, bool, array]:
+        """:func:`_step_kernel` on ``st`` for a float ``ts`` and an ``array("d")``
+        of at most ``n_fields`` values (checked by the callers)."""
+        # the kernel does not check its indices: a state of another shape must not reach it
         if len(st.floats) != self._n_floats or len(st.words) != self._n_words:
             self._check(st)
-        out = array("d", self._out0)
+        n_x = len(xs)
+        out = array("d", self._out0) if n_x == self.n_fields else array("d", bytes(40 * n_x))
         score, zmax, tail, spatial = _step_kernel(st.floats, st.words, ts, xs, out, *self._kargs)
         return score, zmax, tail, spatial, out
 
@@ -447,10 +420,6 @@ def _describe(a: object) -> str:
     if type(a) is array:
         return f"array({a.typecode!r}) of {len(a)}"
     return type(a).__name__
-
-
-def _as_values(xs: Sequence[float]) -> array:
-    return xs if type(xs) is array and xs.typecode == "d" else array("d", xs)
 
 
 def _deviations(out: array) -> tuple[tuple[float, float, float, float, bool], ...]:
